@@ -1,0 +1,89 @@
+"""The one inference interface: a loaded model turns an RGB image into score map, mask and class ids."""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dicnet_ros.inference.metadata import ModelMetadata
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+
+
+class ModelLoadError(RuntimeError):
+    """A model file is missing, truncated, or not a DiCNet model; the message names the file and the problem."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend (or device) cannot run on this machine; the message says what is missing."""
+
+
+@dataclass
+class InferenceResult:
+    """Outputs for one image, at the resolution the model was asked for (input size by default)."""
+
+    anomaly_score: np.ndarray  # (H, W) float32, raw score (higher = more anomalous)
+    anomaly_mask: np.ndarray  # (H, W) bool, score > threshold
+    semantic_labels: np.ndarray | None  # (H, W) uint8 teacher class ids, if the model has them
+    timings_ms: dict[str, float] = field(default_factory=dict)  # e.g. preprocess / inference / total
+
+
+class AnomalyModel(abc.ABC):
+    """Base class of every backend. Subclasses implement ``_run``; thresholding and timing live here."""
+
+    backend_name: str = "base"
+
+    def __init__(self, path: Path, metadata: ModelMetadata, device: str):
+        self.path = Path(path)
+        self.metadata = metadata
+        self.device = device
+        self._threshold = float(metadata.threshold) if metadata.threshold is not None else float("inf")
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        value = float(value)
+        if not np.isfinite(value):
+            raise ValueError("threshold must be a finite number")
+        self._threshold = value
+
+    @abc.abstractmethod
+    def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(H, W, 3) uint8 RGB -> ((H, W) float32 score, (H, W) uint8 labels or None)."""
+
+    def infer(self, image: np.ndarray) -> InferenceResult:
+        """Run the model on one contiguous uint8 RGB image of any size."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}")
+        start = time.perf_counter()
+        score, labels = self._run(np.ascontiguousarray(image))
+        elapsed = (time.perf_counter() - start) * 1e3
+        return InferenceResult(score, score > self._threshold, labels, {"inference": elapsed})
+
+    def warmup(self, iterations: int = 2) -> None:
+        size = self.metadata.preprocess_config
+        dummy = np.zeros((size.height, size.width, 3), np.uint8)
+        for _ in range(iterations):
+            self._run(dummy)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release runtime resources (GPU memory, sessions)."""
+
+    def describe(self) -> dict[str, str]:
+        return {"backend": self.backend_name, "device": self.device, "model": str(self.path)}
+
+
+def load_model(path: str | Path, backend: str = "auto", device: str = "auto", **options) -> AnomalyModel:
+    """Open a model file with a backend; ``auto`` picks TensorRT, then ONNX Runtime, then PyTorch."""
+    from dicnet_ros.inference.registry import open_backend
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return open_backend(Path(path), backend, device, **options)

@@ -1,0 +1,94 @@
+"""One checkpoint format for teacher training, distillation, calibration, the torch backend and export.
+
+A checkpoint is a ``torch.save`` dict:
+    format            "dicnet-checkpoint/1"
+    stage             "teacher" | "student" (student = complete pair, ready to calibrate / export)
+    model_config      ModelConfig.to_dict()
+    metadata          ModelMetadata as a dict (classes, preprocess, scoring mode, threshold, calibration ...)
+    teacher, student  state dicts (student may be None after teacher training)
+    mu_c              list[float] or None (also inside the state of the pair)
+    train_state       optional: epoch, step, optimizer / scheduler / scaler / RNG states, best metric (resume)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dicnet_ros.inference.metadata import MetadataError, ModelMetadata
+from dicnet_ros.model.dicnet import DiCNet, ModelConfig, build_dicnet
+
+CHECKPOINT_FORMAT = "dicnet-checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated or not a DiCNet checkpoint; the message names the file."""
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write atomically (temp file + rename) so an interrupted run never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": CHECKPOINT_FORMAT, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and check a checkpoint dict (no model built)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for truncated / foreign files
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a DiCNet checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    for key in ("model_config", "metadata", "teacher"):
+        if key not in data:
+            raise CheckpointError(f"{path}: checkpoint lacks '{key}'")
+    return data
+
+
+def checkpoint_metadata(data: dict[str, Any], source: str = "checkpoint") -> ModelMetadata:
+    try:
+        return ModelMetadata.from_dict(data["metadata"], source)
+    except MetadataError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def model_from_checkpoint(path: str | Path, require_student: bool = True) -> tuple[DiCNet, ModelMetadata, dict]:
+    """Build the DiCNet of a checkpoint in eval mode; returns (model, metadata, raw checkpoint dict)."""
+    data = load_checkpoint(path)
+    metadata = checkpoint_metadata(data, str(path))
+    cfg = dict(data["model_config"])
+    # Weights come from the checkpoint: never look for ImageNet files when rebuilding.
+    cfg["teacher_pretrained"] = "none"
+    cfg["student_pretrained"] = "none"
+    model = build_dicnet(ModelConfig.from_dict(cfg), metadata.preprocess_config)
+    try:
+        model.teacher.load_state_dict(data["teacher"])
+        if data.get("student") is not None:
+            model.student.load_state_dict(data["student"])
+        elif require_student:
+            raise CheckpointError(f"{path}: checkpoint holds only a teacher; run `dicnet distill` first")
+    except RuntimeError as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: weights do not match the model config ({exc})") from exc
+    mu_c = data.get("mu_c") or metadata.calibration.get("mu_c")
+    if mu_c is not None:
+        model.mu_c.copy_(torch.as_tensor(mu_c, dtype=torch.float32))
+    return model.eval(), metadata, data

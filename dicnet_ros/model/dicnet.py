@@ -1,0 +1,172 @@
+"""Teacher, student and DiCNet (both + score), configured by one serialisable ``ModelConfig``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dicnet_ros.model.backbones import build_backbone
+from dicnet_ros.model.pyramid_pooling import PyramidPooling
+from dicnet_ros.model.scoring import SCORING_MODES, TEACHER_NORMS, anomaly_score
+from dicnet_ros.preprocessing import PreprocessConfig, preprocess, restore_size
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a DiCNet pair; stored in checkpoints and in the exported model's metadata."""
+
+    num_classes: int
+    teacher_backbone: str = "resnet50"
+    student_backbone: str = "resnet34"
+    feature_channels: int = 512
+    teacher_ppm_channels: int | None = None  # per pyramid branch; None = backbone channels / 4 (PSPNet)
+    student_ppm_channels: int | None = None
+    teacher_widths: list[int] | None = None  # only for resnet_lite
+    student_widths: list[int] | None = None
+    teacher_norm: str = "bn_affine"
+    scoring_mode: str = "paper"
+    aux_head: bool = False
+    dropout: float = 0.1
+    teacher_pretrained: str | None = None  # None = torchvision cache if present, 'none', or a path
+    student_pretrained: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.teacher_norm not in TEACHER_NORMS:
+            raise ValueError(f"teacher_norm must be one of {TEACHER_NORMS}, got {self.teacher_norm!r}")
+        if self.scoring_mode not in SCORING_MODES:
+            raise ValueError(f"scoring_mode must be one of {SCORING_MODES}, got {self.scoring_mode!r}")
+        if self.num_classes < 2:
+            raise ValueError("num_classes must be at least 2")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        names = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+class TeacherOutput(NamedTuple):
+    feature: torch.Tensor  # (N, C, h, w): the distillation target (normalised, pre-ReLU)
+    logits: torch.Tensor  # (N, K, h, w) at feature resolution
+    aux_logits: torch.Tensor | None
+
+
+class Teacher(nn.Module):
+    """PSPNet: backbone -> pyramid pooling -> 3x3 conv to C -> BN -> ReLU -> classifier.
+
+    The distillation feature is the BN output before the ReLU (``bn_affine``) or the pure standardisation
+    with the running statistics (``standardized``, paper Eq. 2).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = cfg.teacher_norm
+        self.backbone = build_backbone(cfg.teacher_backbone, cfg.teacher_pretrained, cfg.teacher_widths)
+        branch = cfg.teacher_ppm_channels or max(8, self.backbone.out_channels // 4)
+        self.ppm = PyramidPooling(self.backbone.out_channels, branch)
+        self.bottleneck = nn.Conv2d(self.ppm.out_channels, cfg.feature_channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(cfg.feature_channels)
+        self.head = nn.Sequential(
+            nn.ReLU(inplace=False), nn.Dropout2d(cfg.dropout), nn.Conv2d(cfg.feature_channels, cfg.num_classes, 1)
+        )
+        self.aux = None
+        if cfg.aux_head:
+            mid = max(16, self.backbone.aux_channels // 4)
+            self.aux = nn.Sequential(
+                nn.Conv2d(self.backbone.aux_channels, mid, 3, padding=1, bias=False),
+                nn.BatchNorm2d(mid), nn.ReLU(inplace=True), nn.Dropout2d(cfg.dropout),
+                nn.Conv2d(mid, cfg.num_classes, 1),
+            )
+
+    def forward(self, x: torch.Tensor) -> TeacherOutput:
+        feat, aux_feat = self.backbone(x)
+        pre = self.bottleneck(self.ppm(feat))
+        bn_out = self.bn(pre)
+        logits = self.head(bn_out)
+        if self.norm == "standardized":
+            feature = F.batch_norm(pre, self.bn.running_mean, self.bn.running_var, None, None, False, 0.0,
+                                   self.bn.eps)
+        else:
+            feature = bn_out
+        aux = self.aux(aux_feat) if (self.aux is not None and self.training) else None
+        return TeacherOutput(feature, logits, aux)
+
+
+class Student(nn.Module):
+    """Backbone -> pyramid pooling -> 3x3 conv to C; no BN/ReLU: compared with the teacher feature directly."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.backbone = build_backbone(cfg.student_backbone, cfg.student_pretrained, cfg.student_widths)
+        branch = cfg.student_ppm_channels or max(8, self.backbone.out_channels // 4)
+        self.ppm = PyramidPooling(self.backbone.out_channels, branch)
+        self.head = nn.Conv2d(self.ppm.out_channels, cfg.feature_channels, 3, padding=1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat, _ = self.backbone(x)
+        return self.head(self.ppm(feat))
+
+
+class DiCNetOutput(NamedTuple):
+    anomaly_score: torch.Tensor  # (N, H, W) float32
+    semantic_labels: torch.Tensor  # (N, H, W) int64 class ids of the teacher
+    logits: torch.Tensor  # (N, K, h, w) teacher logits at feature resolution (for baselines)
+
+
+class DiCNet(nn.Module):
+    """Teacher + student + score, taking camera images (uint8, N x H x W x 3, RGB) straight in.
+
+    ``mu_c`` (paper Eq. 7) is a buffer filled by calibration, so it travels with the weights into ONNX.
+    """
+
+    def __init__(self, cfg: ModelConfig, preprocess_config: PreprocessConfig):
+        super().__init__()
+        self.config = cfg
+        self.preprocess_config = preprocess_config
+        self.teacher = Teacher(cfg)
+        self.student = Student(cfg)
+        self.register_buffer("mu_c", torch.zeros(cfg.feature_channels))
+
+    @property
+    def scoring_mode(self) -> str:
+        return self.config.scoring_mode
+
+    def network_input(self, images: torch.Tensor) -> torch.Tensor:
+        return preprocess(images, self.preprocess_config)
+
+    def score_features(self, teacher_feature: torch.Tensor, student_feature: torch.Tensor,
+                       mode: str | None = None) -> torch.Tensor:
+        """(N, 1, h, w) score at feature resolution, with this model's mu_c."""
+        return anomaly_score(teacher_feature, student_feature, mode or self.scoring_mode, self.mu_c)
+
+    def forward(self, images: torch.Tensor, output_size: tuple[int, int] | None = None,
+                network_resolution: bool = False) -> DiCNetOutput:
+        """Score map and class ids at the input size (default), ``output_size``, or the network size."""
+        x = self.network_input(images)
+        t = self.teacher(x)
+        s = self.student(x)
+        size = None if network_resolution else (output_size or tuple(images.shape[1:3]))
+        score = restore_size(self.score_features(t.feature, s), self.preprocess_config, size)
+        labels = restore_size(t.logits, self.preprocess_config, size).argmax(dim=1)
+        return DiCNetOutput(score[:, 0], labels, t.logits)
+
+
+def build_dicnet(cfg: ModelConfig | dict[str, Any], preprocess_config: PreprocessConfig | dict[str, Any]) -> DiCNet:
+    """Build an untrained DiCNet from (serialised) configs."""
+    if isinstance(cfg, dict):
+        cfg = ModelConfig.from_dict(cfg)
+    if isinstance(preprocess_config, dict):
+        preprocess_config = PreprocessConfig.from_dict(preprocess_config)
+    return DiCNet(cfg, preprocess_config)
+
+
+__all__ = ["DiCNet", "DiCNetOutput", "ModelConfig", "Student", "Teacher", "TeacherOutput", "build_dicnet"]

@@ -1,0 +1,63 @@
+"""The one scoring function (DiCNet and the classifier baselines), shared by evaluation, export and the node.
+
+DiCNet modes (the paper and the official code disagree; every reported number names its mode):
+- ``paper``: Eq. 7, a = 1/C * sum_c (d_c - mu_c)^2 with d = teacher - student and mu_c the per-channel mean of
+  d on in-distribution training images (estimated by ``dicnet calibrate``).
+- ``code``:  a = 1/C * sum_c d_c^2 (what zhouhuan-hust/DiCNet evaluation_with_seg.py computes).
+Per-image min-max (the official code's last step) is an option for the paper protocol only: a vehicle needs
+scores that compare across frames, so the default path never uses it.
+
+Teacher feature normalisations (``TEACHER_NORMS``): ``bn_affine`` = the BatchNorm output with its learned scale
+and shift (official code); ``standardized`` = (x - running_mean) / sqrt(running_var + eps) (paper Eq. 2).
+
+Baselines from the same teacher's logits (higher = more anomalous): ``msp`` = 1 - max softmax,
+``maxlogit`` = -max logit, ``entropy`` = softmax entropy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SCORING_MODES = ("paper", "code")
+TEACHER_NORMS = ("bn_affine", "standardized")
+BASELINES = ("msp", "maxlogit", "entropy")
+
+
+def anomaly_score(
+    teacher_feature: torch.Tensor,
+    student_feature: torch.Tensor,
+    mode: str = "paper",
+    mu_c: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-pixel DiCNet score (N, 1, h, w) from the two (N, C, h, w) features at network resolution."""
+    if mode not in SCORING_MODES:
+        raise ValueError(f"unknown scoring mode {mode!r}; choose one of {SCORING_MODES}")
+    d = teacher_feature - student_feature
+    if mode == "paper" and mu_c is not None:
+        d = d - mu_c.to(d.dtype).view(1, -1, 1, 1)
+    return d.pow(2).mean(dim=1, keepdim=True)
+
+
+def discrepancy_channel_sum(teacher_feature: torch.Tensor, student_feature: torch.Tensor) -> torch.Tensor:
+    """Sum over batch and pixels of d = teacher - student per channel (C,): what mu_c is averaged from."""
+    return (teacher_feature - student_feature).sum(dim=(0, 2, 3))
+
+
+def minmax_per_image(score: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Min-max each image's map to [0, 1] (the official code's protocol; not for the running vehicle)."""
+    flat = score.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, *([1] * (score.dim() - 1)))
+    hi = flat.max(dim=1).values.view(-1, *([1] * (score.dim() - 1)))
+    return (score - lo) / (hi - lo).clamp_min(eps)
+
+
+def baseline_score(logits: torch.Tensor, method: str) -> torch.Tensor:
+    """Classic uncertainty baselines from segmentation logits (N, K, h, w) -> (N, 1, h, w)."""
+    if method == "msp":
+        return 1.0 - logits.softmax(dim=1).amax(dim=1, keepdim=True)
+    if method == "maxlogit":
+        return -logits.amax(dim=1, keepdim=True)
+    if method == "entropy":
+        logp = logits.log_softmax(dim=1)
+        return -(logp.exp() * logp).sum(dim=1, keepdim=True)
+    raise ValueError(f"unknown baseline {method!r}; choose one of {BASELINES}")
