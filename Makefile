@@ -1,0 +1,50 @@
+# Two commands do all set-up on a fresh machine:  `make demo`  and  `make test`.
+# Both create .venv when missing and install what they need (no ROS installation required:
+# ROS 2 Kilted's rclpy and messages come from PyPI).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+DICNET := $(VENV)/bin/dicnet
+
+.PHONY: demo test lint venv venv-full sim-data train-sim bench clean help
+
+help:
+	@echo "make demo   - set up .venv (runtime + ROS 2 from PyPI) and run the node on the default model"
+	@echo "make test   - set up .venv (everything incl. PyTorch) and run ruff + the whole test suite"
+	@echo "make lint   - ruff only"
+	@echo "make bench  - CPU latency benchmark of the shipped model (ONNX Runtime vs the two-pass PyTorch reference)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+
+# Runtime + ROS 2 + simulator + bag tools: all the demo needs (no PyTorch).
+$(VENV)/.runtime: $(PY) setup.py
+	$(PIP) install -q -e '.[ros,sim,bag]'
+	touch $@
+
+# Everything: training (PyTorch 2.14.1), export, tests, lint.
+$(VENV)/.full: $(VENV)/.runtime
+	$(PIP) install -q -e '.[ros,train,sim,bag,dev]'
+	touch $@
+
+venv: $(VENV)/.runtime
+venv-full: $(VENV)/.full
+
+demo: $(VENV)/.runtime
+	$(DICNET) demo --out demo_out
+
+lint: $(VENV)/.full
+	$(PY) -m ruff check .
+
+test: $(VENV)/.full
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.full
+	$(DICNET) bench --model models/dicnet_sim_default.onnx --json bench_cpu.json
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache build *.egg-info
