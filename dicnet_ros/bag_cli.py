@@ -1,0 +1,138 @@
+"""`dicnet make-bag` and `dicnet bag-eval`: argument parsing only; the work is in :mod:`dicnet_ros.bag`.
+
+Errors a user can fix (missing topic, wrong type, damaged bag, existing output, bad model path) print one line
+``dicnet <command>: error: ...`` and return exit code 2, with no output left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+
+from dicnet_ros import bag
+
+COMMANDS = ("make-bag", "bag-eval")
+
+
+def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
+    """Fill ``parser`` for one of the two subcommands this module serves."""
+    if name == "make-bag":
+        _make_bag_arguments(parser)
+    elif name == "bag-eval":
+        _bag_eval_arguments(parser)
+    else:
+        raise ValueError(f"bag_cli serves {COMMANDS}, not {name!r}")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _make_bag_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="dataset root (StreetHazards layout or simulator output)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--kind", default="auto", help="dataset kind (default: detect)")
+    parser.add_argument("--out", required=True, help="bag directory to create")
+    parser.add_argument("--rate", type=float, default=10.0, help="frame rate in Hz: frame i is stamped t0 + i/rate")
+    parser.add_argument("--compressed", nargs="?", const="jpeg", choices=bag.COMPRESSED_FORMATS,
+                        help="write sensor_msgs/CompressedImage on <image-topic>/compressed (jpeg, or png = lossless)")
+    parser.add_argument("--storage", default="sqlite3", choices=tuple(bag.STORAGES))
+    parser.add_argument("--image-topic", default="/camera/image_raw")
+    parser.add_argument("--gt-topic", default="/camera/anomaly_gt",
+                        help=f"ground-truth mask topic, {bag.GT_ENCODING_DOC} ('' = none)")
+    parser.add_argument("--camera-info-topic", default=None,
+                        help="also write a sensor_msgs/CameraInfo (nominal intrinsics), e.g. /camera/camera_info")
+    parser.add_argument("--frame-id", default="camera")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--encoding", default="rgb8", choices=bag.IMAGE_ENCODINGS, help="raw image encoding")
+    parser.add_argument("--start-time", type=float, default=None,
+                        help="t0 in seconds since the epoch (default: now)")
+
+
+def _bag_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bag", required=True, help="input rosbag2 (directory, .db3 or .mcap)")
+    parser.add_argument("--image-topic", default=None,
+                        help="camera topic, Image or CompressedImage (default: the one make-bag recorded)")
+    parser.add_argument("--gt-topic", default=None,
+                        help="ground-truth mask topic (default: the one make-bag recorded; '' = none)")
+    parser.add_argument("--model", default=None, help="model file (.onnx / .engine / .pt)")
+    parser.add_argument("--score-topic", default=None,
+                        help="instead of a model: evaluate a recorded 32FC1 score topic (e.g. the node's output)")
+    parser.add_argument("--backend", default="auto", help="inference backend (auto, onnxruntime, tensorrt, torch)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", required=True, help="output directory (report, plots, output bag)")
+    parser.add_argument("--out-bag", default=None, help="name of the output bag inside --out")
+    parser.add_argument("--no-out-bag", action="store_true", help="metrics only, no output bag")
+    parser.add_argument("--storage", default=None, choices=tuple(bag.STORAGES),
+                        help="output bag storage (default: the input's)")
+    parser.add_argument("--namespace", default=bag.DEFAULT_NAMESPACE, help="namespace of the output topics")
+    parser.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the model's)")
+    parser.add_argument("--strip-frames", type=int, default=4, help="frames in the qualitative strip")
+
+
+def run_for(name: str, args: argparse.Namespace) -> int:
+    """Run one subcommand; user errors become a one-line message and exit code 2."""
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from dicnet_ros.inference import BackendUnavailableError, MetadataError, ModelLoadError
+
+    user_errors = (bag.BagError, bag.WriterError, ModelLoadError, BackendUnavailableError, MetadataError,
+                   FileNotFoundError, ValueError)
+    try:
+        return _make_bag(args) if name == "make-bag" else _bag_eval(args)
+    except user_errors as exc:
+        print(f"dicnet {name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dicnet {name}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _make_bag(args: argparse.Namespace) -> int:
+    start_ns = None if args.start_time is None else round(args.start_time * 1e9)
+    result = bag.make_bag(
+        args.dataset, args.out, split=args.split, rate=args.rate, compressed=args.compressed,
+        storage=args.storage, image_topic=args.image_topic, gt_topic=args.gt_topic or None,
+        camera_info_topic=args.camera_info_topic, frame_id=args.frame_id, limit=args.limit,
+        encoding=args.encoding, start_ns=start_ns, overwrite=args.overwrite, kind=args.kind,
+        progress=not args.no_progress,
+    )
+    topics = ", ".join(f"{t} ({m})" for t, m in result.topics.items())
+    print(f"wrote {result.path}: {result.num_frames} frames at {args.rate:g} Hz; topics {topics}")
+    return 0
+
+
+def _bag_eval(args: argparse.Namespace) -> int:
+    if (args.model is None) == (args.score_topic is None):
+        raise ValueError("give --model (run a model over the images) or --score-topic (evaluate recorded scores)")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise ValueError("--threshold must be a finite number")
+    bag.check_output(Path(args.out), args.overwrite)  # fail before loading a model
+    model = None
+    if args.model is not None:
+        from dicnet_ros.inference import load_model
+
+        model = load_model(args.model, backend=args.backend, device=args.device)
+    try:
+        result = bag.evaluate_bag(
+            args.bag, args.out, image_topic=args.image_topic,
+            gt_topic=None if args.gt_topic is None else (args.gt_topic or ""), model=model,
+            score_topic=args.score_topic, out_bag_name=args.out_bag, storage=args.storage,
+            namespace=args.namespace, threshold=args.threshold, overwrite=args.overwrite,
+            strip_frames=args.strip_frames, write_bag=not args.no_out_bag, progress=not args.no_progress,
+        )
+    finally:
+        if model is not None:
+            model.close()
+    print(f"wrote {result.out_dir}: {result.num_frames} frames, {result.num_evaluated} evaluated")
+    dicnet = (result.metrics or {}).get("dicnet")
+    if dicnet:
+        for proto in ("per_image", "pooled"):
+            m = dicnet[proto]
+            print(f"  DiCNet {proto:9s} AUROC {bag.format_pct(m.get('auroc'))}  AUPR {bag.format_pct(m.get('aupr'))}  "
+                  f"FPR95 {bag.format_pct(m.get('fpr95'))}")
+    lat = result.latency["inference"]
+    if lat["count"]:
+        print(f"  inference p50 {lat['p50_ms']:.2f} ms, p95 {lat['p95_ms']:.2f} ms, {lat['fps']:.1f} FPS")
+    return 0

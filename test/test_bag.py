@@ -1,0 +1,478 @@
+"""Bag tools: make-bag -> bag-eval reproduces direct evaluation; output bag contents; errors; streaming; replay.
+
+The dataset is a tiny StreetHazards tree built here (no simulator); the model is the ``tiny_onnx`` fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import threading
+import time
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("rosbags")
+
+from rosbags.rosbag2 import Reader
+
+from dicnet_ros import bag as bagmod
+from dicnet_ros.cli import main as dicnet
+
+W, H = 96, 64
+RATE = 5.0
+T0 = 1_700_000_000_000_000_000
+PROTOCOL_KEYS = ("auroc", "aupr", "fpr95")
+
+
+def _scene(rng: np.random.Generator, anomaly: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth image (so jpeg stays close) + raw StreetHazards label (1..13, 14 = anomaly, 0 = ignored)."""
+    yy, xx = np.mgrid[0:H, 0:W]
+    img = np.stack([xx * 255 // W, yy * 255 // H, np.full_like(xx, int(rng.integers(40, 200)))], -1).astype(np.uint8)
+    label = np.where(yy > H // 2, 8, 2).astype(np.uint8)  # road below, building above
+    x0, y0 = int(rng.integers(5, 50)), int(rng.integers(5, 30))
+    img[y0 : y0 + 12, x0 : x0 + 20] = rng.integers(0, 255, 3)
+    label[y0 : y0 + 12, x0 : x0 + 20] = 14 if anomaly else 11
+    label[0, :4] = 0  # raw 0 -> ignore_id
+    return img, label
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sh")
+    rng = np.random.default_rng(3)
+    for town, flags in (("t5", (True, True, False)), ("t6", (True,))):
+        for sub in ("images", "annotations"):
+            (root / "test" / sub / "test" / town).mkdir(parents=True)
+        for i, anomaly in enumerate(flags):
+            img, label = _scene(rng, anomaly)
+            cv2.imwrite(str(root / f"test/images/test/{town}/{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(root / f"test/annotations/test/{town}/{i}.png"), label)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(tiny_onnx: Path):
+    from dicnet_ros.inference import load_model
+
+    m = load_model(tiny_onnx)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def direct_metrics(dataset: Path, model) -> dict:
+    """What `dicnet evaluate` computes: load_model(...).infer + AnomalyEvaluator on the dataset images."""
+    from dicnet_ros.data import open_dataset
+    from dicnet_ros.metrics import AnomalyEvaluator
+
+    ds = open_dataset(dataset, "test")
+    ev = AnomalyEvaluator(ds.spec.anomaly_ids, ignore_ids=(ds.spec.ignore_id,),
+                          score_range=model.metadata.score_range, keep_exact_pooled=True, per_image=True)
+    for i in range(len(ds)):
+        sample = ds[i]
+        ev.update(model.infer(sample.image).anomaly_score, sample.label)
+    return ev.compute()
+
+
+def _make(dataset: Path, out: Path, *extra: str) -> Path:
+    rc = dicnet(["make-bag", "--dataset", str(dataset), "--split", "test", "--out", str(out), "--rate", str(RATE),
+                 "--start-time", str(T0 / 1e9), "--no-progress", *extra])
+    assert rc == 0
+    return out
+
+
+def _eval(bag: Path, out: Path, model_path: Path, *extra: str) -> int:
+    return dicnet(["bag-eval", "--bag", str(bag), "--model", str(model_path), "--backend", "auto", "--out", str(out),
+                   "--no-progress", *extra])
+
+
+def _read_topic(path: Path, topic: str) -> list[tuple[int, object]]:
+    with Reader(path) as reader:
+        conns = [c for c in reader.connections if c.topic == topic]
+        msgtype = conns[0].msgtype
+        return [(t, bagmod.typestore().deserialize_cdr(raw, msgtype)) for _, t, raw in reader.messages(conns)]
+
+
+def _no_leftovers(parent: Path) -> None:
+    assert not [p for p in parent.iterdir() if ".partial-" in p.name], "staging directory left behind"
+
+
+# --------------------------------------------------------------------------------------------------- make-bag
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+@pytest.mark.parametrize("compressed", [None, "png"])
+def test_make_bag_contents(dataset: Path, tmp_path: Path, storage: str, compressed: str | None) -> None:
+    from dicnet_ros.data import open_dataset
+
+    extra = ["--storage", storage, "--camera-info-topic", "/camera/camera_info", "--frame-id", "cam0"]
+    if compressed:
+        extra += ["--compressed", compressed]
+    out = _make(dataset, tmp_path / "b", *extra)
+    cam = "/camera/image_raw/compressed" if compressed else "/camera/image_raw"
+    with Reader(out) as reader:
+        topics = {name: (info.msgtype, info.msgcount) for name, info in reader.topics.items()}
+    n = 4
+    assert topics == {cam: (bagmod.COMPRESSED_TYPE if compressed else bagmod.IMAGE_TYPE, n),
+                      "/camera/anomaly_gt": (bagmod.IMAGE_TYPE, n), "/camera/camera_info": (bagmod.CAMERA_INFO_TYPE, n)}
+    expected = [T0 + round(i * 1e9 / RATE) for i in range(n)]
+    ds = open_dataset(dataset, "test")
+    frames = list(bagmod.iter_images(out, cam))
+    assert [f.timestamp for f in frames] == expected
+    assert [f.stamp_ns for f in frames] == expected
+    assert {f.frame_id for f in frames} == {"cam0"}
+    for f in frames:  # raw and png are lossless
+        np.testing.assert_array_equal(f.rgb, ds[f.index].image)
+    gts = _read_topic(out, "/camera/anomaly_gt")
+    for i, (t, msg) in enumerate(gts):
+        assert t == expected[i] and bagmod.stamp_to_ns(msg.header.stamp) == expected[i]
+        assert msg.encoding == "mono8" and msg.header.frame_id == "cam0"
+        gt = bagmod.decode_gt_mask(msg)
+        label = ds[i].label
+        np.testing.assert_array_equal(gt == bagmod.GT_ANOMALY, label == 13)
+        np.testing.assert_array_equal(gt == bagmod.GT_IGNORE, label == 255)
+    info = bagmod.bag_dataset_info(out)
+    assert info["dataset"]["anomaly_ids"] == [13] and info["dataset"]["class_names"][0] == "unlabeled"
+    assert info["gt_topic"] == "/camera/anomaly_gt" and info["image_topic"] == cam
+
+
+def test_make_bag_bgr8_and_limit(dataset: Path, tmp_path: Path) -> None:
+    from dicnet_ros.data import open_dataset
+
+    out = _make(dataset, tmp_path / "b", "--encoding", "bgr8", "--limit", "2", "--gt-topic", "")
+    with Reader(out) as reader:
+        assert set(reader.topics) == {"/camera/image_raw"}
+    frames = list(bagmod.iter_images(out, "/camera/image_raw"))
+    assert len(frames) == 2 and frames[0].msg.encoding == "bgr8"
+    np.testing.assert_array_equal(frames[1].rgb, open_dataset(dataset, "test")[1].image)
+
+
+# --------------------------------------------------------------------------------------------------- bag-eval
+
+
+def _assert_same(metrics: dict, direct: dict, exact: bool) -> None:
+    for proto in ("per_image", "pooled"):
+        for key in PROTOCOL_KEYS:
+            got, want = metrics[proto][key], direct[proto][key]
+            if exact:
+                assert got == want, (proto, key, got, want)
+            else:
+                assert got is not None and abs(got - want) < 0.15, (proto, key, got, want)
+    assert metrics["per_image"]["num_images"] == direct["per_image"]["num_images"]
+    assert metrics["per_image"]["skipped_no_anomaly"] == direct["per_image"]["skipped_no_anomaly"] == 1
+
+
+@pytest.mark.parametrize(
+    ("storage", "compressed"),
+    [("sqlite3", None), ("mcap", None), ("sqlite3", "png"), ("mcap", "png"), ("mcap", "jpeg")],
+)
+def test_bag_eval_reproduces_direct_metrics(dataset: Path, tmp_path: Path, tiny_onnx: Path, direct_metrics: dict,
+                                            storage: str, compressed: str | None) -> None:
+    extra = ["--storage", storage] + (["--compressed", compressed] if compressed else [])
+    bag = _make(dataset, tmp_path / "drive", *extra)
+    out = tmp_path / "eval"
+    assert _eval(bag, out, tiny_onnx) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    _assert_same(report["metrics"]["dicnet"], direct_metrics, exact=compressed != "jpeg")
+    assert report["num_frames"] == 4 and report["unmatched"] == {"score": 0, "gt": 0}
+    for name in ("report.md", "roc.png", "pr.png", "qualitative.png"):
+        assert (out / name).stat().st_size > 0
+    assert report["latency"]["inference"]["count"] == 4 and report["latency"]["inference"]["p95_ms"] > 0
+    text = (out / "report.md").read_text()
+    assert "| DiCNet | per-image |" in text and "| DiCNet | pooled |" in text
+    out_bag = out / "drive_dicnet"
+    suffix = ".mcap" if storage == "mcap" else ".db3"
+    assert any(p.suffix == suffix for p in out_bag.iterdir())
+    _no_leftovers(tmp_path)
+
+
+def test_output_bag_contents(dataset: Path, tmp_path: Path, tiny_onnx: Path, model) -> None:
+    bag = _make(dataset, tmp_path / "drive", "--camera-info-topic", "/camera/camera_info")
+    out = tmp_path / "eval"
+    assert _eval(bag, out, tiny_onnx, "--out-bag", "result", "--threshold", "0.5") == 0
+    result = out / "result"
+    with Reader(bag) as reader:
+        inputs = {name: info.msgcount for name, info in reader.topics.items()}
+    with Reader(result) as reader:
+        outputs = {name: (info.msgtype, info.msgcount) for name, info in reader.topics.items()}
+    for name, count in inputs.items():  # the input is copied unchanged
+        assert outputs[name][1] == count
+        assert [t for t, _ in _read_topic(result, name)] == [t for t, _ in _read_topic(bag, name)]
+    images = _read_topic(bag, "/camera/image_raw")
+    stamps = [(t, bagmod.stamp_to_ns(m.header.stamp), m.header.frame_id) for t, m in images]
+    for topic, encoding in (("/dicnet/anomaly_score", "32FC1"), ("/dicnet/anomaly_mask", "mono8"),
+                            ("/dicnet/overlay", "rgb8")):
+        assert outputs[topic] == (bagmod.IMAGE_TYPE, 4)
+        msgs = _read_topic(result, topic)
+        assert [(t, bagmod.stamp_to_ns(m.header.stamp), m.header.frame_id) for t, m in msgs] == stamps
+        assert {m.encoding for _, m in msgs} == {encoding}
+        assert {(m.width, m.height) for _, m in msgs} == {(W, H)}
+    from dicnet_ros.image_conversion import image_msg_to_array, image_msg_to_rgb
+
+    model.threshold = 0.5
+    for (_, img), (_, score), (_, mask) in zip(images, _read_topic(result, "/dicnet/anomaly_score"),
+                                               _read_topic(result, "/dicnet/anomaly_mask"), strict=True):
+        expected = model.infer(image_msg_to_rgb(img))
+        np.testing.assert_array_equal(image_msg_to_array(score), expected.anomaly_score)
+        np.testing.assert_array_equal(image_msg_to_array(mask), expected.anomaly_mask.astype(np.uint8) * 255)
+    assert json.loads((out / "metrics.json").read_text())["threshold"] == 0.5
+
+
+def test_score_topic_mode_matches_model_run(dataset: Path, tmp_path: Path, tiny_onnx: Path) -> None:
+    """Evaluating recorded scores (what the node publishes) gives the model run's numbers, without a model."""
+    bag = _make(dataset, tmp_path / "drive")
+    assert _eval(bag, tmp_path / "a", tiny_onnx) == 0
+    rc = dicnet(["bag-eval", "--bag", str(tmp_path / "a" / "drive_dicnet"), "--score-topic", "/dicnet/anomaly_score",
+                 "--gt-topic", "/camera/anomaly_gt", "--out", str(tmp_path / "b"), "--no-progress"])
+    assert rc == 0
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())["metrics"]["dicnet"]
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())["metrics"]["dicnet"]
+    for proto in ("per_image", "pooled"):
+        assert [a[proto][k] for k in PROTOCOL_KEYS] == [b[proto][k] for k in PROTOCOL_KEYS]
+
+
+class _WithMsp:
+    """A model wrapper exposing an extra ``msp`` map, as the backends will once the export carries it."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.metadata = inner, inner.metadata
+
+    threshold = property(lambda self: self.inner.threshold)
+
+    def infer(self, image: np.ndarray):
+        res = self.inner.infer(image)
+        res.extras = {"msp": 1.0 - image[..., 1].astype(np.float32) / 255.0}
+        return res
+
+    def describe(self) -> dict[str, str]:
+        return self.inner.describe()
+
+
+def test_msp_column_present_or_na(dataset: Path, tmp_path: Path, model) -> None:
+    bag = _make(dataset, tmp_path / "drive")
+    plain = bagmod.evaluate_bag(bag, tmp_path / "plain", model=model, write_bag=False, progress=False)
+    if not getattr(model.infer(np.zeros((H, W, 3), np.uint8)), "extras", None):
+        assert plain.metrics["msp"] is None
+        assert "MSP: n/a" in (tmp_path / "plain" / "report.md").read_text()
+    both = bagmod.evaluate_bag(bag, tmp_path / "both", model=_WithMsp(model), write_bag=False, progress=False)
+    assert both.metrics["msp"]["per_image"]["auroc"] is not None
+    assert "| MSP | pooled |" in (tmp_path / "both" / "report.md").read_text()
+    assert both.metrics["dicnet"]["pooled"]["auroc"] == plain.metrics["dicnet"]["pooled"]["auroc"]
+
+
+# ------------------------------------------------------------------------------------------------------ errors
+
+
+def _err(capsys: pytest.CaptureFixture[str]) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1
+    return err[0]
+
+
+def test_missing_topic_lists_topics(dataset: Path, tmp_path: Path, tiny_onnx: Path, capsys) -> None:
+    bag = _make(dataset, tmp_path / "drive", "--compressed", "png")
+    capsys.readouterr()
+    assert _eval(bag, tmp_path / "out", tiny_onnx, "--image-topic", "/camera/image_raw") != 0
+    msg = _err(capsys)
+    assert "/camera/image_raw not found" in msg and "did you mean /camera/image_raw/compressed" in msg
+    assert "/camera/anomaly_gt (sensor_msgs/msg/Image)" in msg
+    assert "/camera/image_raw/compressed (sensor_msgs/msg/CompressedImage)" in msg
+    assert not (tmp_path / "out").exists()
+    _no_leftovers(tmp_path)
+
+
+def test_wrong_message_type(dataset: Path, tmp_path: Path, tiny_onnx: Path, capsys) -> None:
+    bag = _make(dataset, tmp_path / "drive", "--camera-info-topic", "/camera/camera_info")
+    capsys.readouterr()
+    assert _eval(bag, tmp_path / "out", tiny_onnx, "--image-topic", "/camera/camera_info") != 0
+    assert "carries sensor_msgs/msg/CameraInfo" in _err(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+@pytest.mark.parametrize("damage", ["truncate_half", "truncate_tail", "no_metadata"])
+def test_corrupt_bag(dataset: Path, tmp_path: Path, tiny_onnx: Path, capsys, storage: str, damage: str) -> None:
+    bag = _make(dataset, tmp_path / "drive", "--storage", storage)
+    data = next(p for p in bag.iterdir() if p.suffix in (".db3", ".mcap"))
+    if damage == "no_metadata":
+        (bag / "metadata.yaml").unlink()
+    else:
+        size = data.stat().st_size
+        os.truncate(data, size // 2 if damage == "truncate_half" else size - 300)
+    capsys.readouterr()
+    assert _eval(bag, tmp_path / "out", tiny_onnx) != 0
+    msg = _err(capsys)
+    assert "metadata.yaml" in msg if damage == "no_metadata" else ("truncated" in msg or "damaged" in msg)
+    assert not (tmp_path / "out").exists()
+    _no_leftovers(tmp_path)
+
+
+def test_existing_output_refused_then_overwritten(dataset: Path, tmp_path: Path, tiny_onnx: Path, capsys) -> None:
+    bag = _make(dataset, tmp_path / "drive")
+    capsys.readouterr()
+    assert dicnet(["make-bag", "--dataset", str(dataset), "--out", str(bag), "--no-progress"]) != 0
+    msg = _err(capsys)
+    assert "exists" in msg and "--overwrite" in msg
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert _eval(bag, out, tiny_onnx) != 0
+    assert "exists" in _err(capsys)
+    assert (out / "keep.txt").read_text() == "mine"
+    assert _eval(bag, out, tiny_onnx, "--overwrite") == 0
+    assert (out / "metrics.json").is_file() and not (out / "keep.txt").exists()
+    _no_leftovers(tmp_path)
+
+
+def test_failure_midway_leaves_nothing(dataset: Path, tmp_path: Path, model, monkeypatch) -> None:
+    bag = _make(dataset, tmp_path / "drive")
+    calls = {"n": 0}
+    real = model.infer
+
+    def flaky(image: np.ndarray):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return real(image)
+
+    monkeypatch.setattr(model, "infer", flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        bagmod.evaluate_bag(bag, tmp_path / "out", model=model, progress=False)
+    assert not (tmp_path / "out").exists()
+    _no_leftovers(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------- streaming
+
+
+def test_images_are_streamed_from_the_reader(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    bag = _make(dataset, tmp_path / "drive")
+    pulled = {"n": 0}
+    real = Reader.messages
+
+    def counting(self, *args, **kwargs):
+        for item in real(self, *args, **kwargs):
+            pulled["n"] += 1
+            yield item
+
+    monkeypatch.setattr(Reader, "messages", counting)
+    frames = bagmod.iter_images(bag, "/camera/image_raw")
+    assert isinstance(frames, types.GeneratorType)
+    assert pulled["n"] == 0
+    first = next(frames)
+    assert first.index == 0 and pulled["n"] == 1  # one message read for one frame: no list of all messages
+    frames.close()
+
+
+# ------------------------------------------------------------------------------------------- replay into ROS
+
+
+def _ros_context():
+    rclpy = pytest.importorskip("rclpy")
+    pytest.importorskip("rosgraph_msgs.msg")
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=random.randint(1, 200))
+    return rclpy, ctx
+
+
+def _spin(rclpy, ctx, nodes):
+    from rclpy.executors import MultiThreadedExecutor
+
+    executor = MultiThreadedExecutor(context=ctx)
+    for node in nodes:
+        executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    return executor, thread
+
+
+def test_play_bag_publishes_clock_and_messages(dataset: Path, tmp_path: Path) -> None:
+    rclpy, ctx = _ros_context()
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    bag = _make(dataset, tmp_path / "drive")
+    listener = rclpy.create_node("listener", context=ctx,
+                                 parameter_overrides=[Parameter("use_sim_time", value=True)])
+    player = rclpy.create_node("player", context=ctx)
+    got: list[tuple[int, int, int]] = []
+    listener.create_subscription(
+        Image, "/cam", lambda m: got.append((bagmod.stamp_to_ns(m.header.stamp),
+                                             listener.get_clock().now().nanoseconds, len(m.data))),
+        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    recorder = bagmod.BagRecorder(listener, tmp_path / "rec", {"/cam": bagmod.IMAGE_TYPE})
+    executor, thread = _spin(rclpy, ctx, [listener])
+    try:
+        n = bagmod.play_bag(bag, {"/camera/image_raw": "/cam"}, rate=10.0, node=player)
+        deadline = time.monotonic() + 5
+        while len(got) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        executor.shutdown()
+        thread.join(5)
+        recorder.close()
+        listener.destroy_node()
+        player.destroy_node()
+        rclpy.shutdown(context=ctx)
+    expected = [T0 + round(i * 1e9 / RATE) for i in range(4)]
+    assert n == 4
+    assert [g[0] for g in got] == expected
+    assert all(g[2] == W * H * 3 for g in got)
+    assert all(g[1] >= T0 for g in got)  # the listener's clock is the bag's (simulated) time
+    recorded = _read_topic(tmp_path / "rec", "/cam")
+    assert [bagmod.stamp_to_ns(m.header.stamp) for _, m in recorded] == expected
+    assert all(t >= T0 for t, _ in recorded)
+
+
+def test_node_replay_with_sim_time(dataset: Path, tmp_path: Path, tiny_onnx: Path, model) -> None:
+    """The real node on use_sim_time, fed by play_bag; its recorded scores equal bag-eval's for each frame."""
+    node_mod = pytest.importorskip("dicnet_ros.anomaly_node")
+    rclpy, ctx = _ros_context()
+    from rclpy.parameter import Parameter
+
+    bag = _make(dataset, tmp_path / "drive")
+    sim = [Parameter("use_sim_time", value=True)]
+    node = node_mod.AnomalyNode(model=model, context=ctx, parameter_overrides=[
+        *sim, Parameter("warmup", value=False), Parameter("input_qos", value="reliable"),
+        Parameter("input_depth", value=10)])
+    rec_node = rclpy.create_node("recorder", context=ctx, parameter_overrides=sim)
+    player = rclpy.create_node("player", context=ctx)
+    recorder = bagmod.BagRecorder(rec_node, tmp_path / "node_out", {
+        "/anomaly_node/anomaly_score": bagmod.IMAGE_TYPE, "/camera/anomaly_gt": bagmod.IMAGE_TYPE})
+    executor, thread = _spin(rclpy, ctx, [node, rec_node])
+    try:
+        bagmod.play_bag(bag, {"/camera/image_raw": "/anomaly_node/image", "/camera/anomaly_gt": "/camera/anomaly_gt"},
+                        rate=2.0, node=player)
+        deadline = time.monotonic() + 10
+        while recorder.counts["/anomaly_node/anomaly_score"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        executor.shutdown()
+        thread.join(5)
+        recorder.close()
+        node.close()
+        rec_node.destroy_node()
+        player.destroy_node()
+        rclpy.shutdown(context=ctx)
+    assert recorder.counts["/anomaly_node/anomaly_score"] >= 3  # the node may drop a stale frame, never garble one
+    out = tmp_path / "node_eval"
+    rc = dicnet(["bag-eval", "--bag", str(tmp_path / "node_out"), "--score-topic", "/anomaly_node/anomaly_score",
+                 "--gt-topic", "/camera/anomaly_gt", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["metrics"]["dicnet"]["pooled"]["auroc"] is not None
+    from dicnet_ros.image_conversion import image_msg_to_array, image_msg_to_rgb
+
+    inputs = {bagmod.stamp_to_ns(m.header.stamp): m for _, m in _read_topic(bag, "/camera/image_raw")}
+    for _, score in _read_topic(tmp_path / "node_out", "/anomaly_node/anomaly_score"):
+        image = image_msg_to_rgb(inputs[bagmod.stamp_to_ns(score.header.stamp)])
+        np.testing.assert_array_equal(image_msg_to_array(score), model.infer(image).anomaly_score)
+    shutil.rmtree(out)
