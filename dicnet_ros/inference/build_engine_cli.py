@@ -1,0 +1,38 @@
+"""`dicnet build-engine`: build (or verify) the TensorRT engine ahead of time, so a node starts in seconds."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from dicnet_ros.inference.base import BackendUnavailableError, ModelLoadError
+from dicnet_ros.preprocessing import parse_size
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="fused .onnx, or a separate-graph manifest/folder")
+    parser.add_argument("--input-size", type=parse_size, default=None,
+                        help="camera size WxH for a dynamic-size ONNX (default: the exported or network size)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="engine folder (default: next to the ONNX)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if a matching engine exists")
+    parser.add_argument("--workspace-mb", type=int, default=2048, help="builder workspace limit")
+    parser.add_argument("--fp16-flag", action="store_true",
+                        help="TensorRT < 10.12 only: weakly typed FP16 (newer versions take precision from the ONNX)")
+    parser.add_argument("--device", default="cuda", help="cuda or cuda:N")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from dicnet_ros.inference.trt_backend import TrtModel
+
+    try:
+        model = TrtModel(args.model, device=args.device, cache_dir=args.cache_dir, force_rebuild=args.force,
+                         input_size=args.input_size, workspace_mb=args.workspace_mb, fp16_flag=args.fp16_flag)
+    except (BackendUnavailableError, ModelLoadError) as exc:
+        print(f"dicnet build-engine: {exc}")
+        return 1
+    model.warmup(1)
+    for path in model.engine_files:
+        print(f"engine ready: {path}")
+    return 0

@@ -1,0 +1,99 @@
+"""PyTorch backend: the checkpoint run eagerly (CPU or CUDA, autocast fp16 on CUDA).
+
+The reference for the exported graphs and the fallback where no ONNX exists yet. Accepts a ``.pt``
+checkpoint, or an exported ONNX whose metadata names its source checkpoint (if that file still exists).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from dicnet_ros.inference.base import AnomalyModel, BackendUnavailableError, ModelLoadError
+from dicnet_ros.inference.graphs import check_file, is_checkpoint
+
+log = logging.getLogger(__name__)
+
+OPTIONS = ("fp16", "threads", "network_resolution")
+
+
+def _checkpoint_for(path: Path) -> tuple[Path, dict]:
+    """(checkpoint path, export settings to mimic) for a .pt or an exported ONNX / separate manifest."""
+    if is_checkpoint(path):
+        return path, {}
+    from dicnet_ros.inference.graphs import resolve_model_files
+    from dicnet_ros.inference.ort_backend import OrtGraph
+
+    files = resolve_model_files(path)
+    if files.manifest_metadata is not None:
+        meta = files.manifest_metadata
+    else:
+        meta = OrtGraph(files.graphs["fused"], "fused", ["CPUExecutionProvider"], 1, "disable").metadata
+    source = meta.source_checkpoint
+    if not source or not Path(source).is_file():
+        raise ModelLoadError(f"{path}: the torch backend needs the source checkpoint, and the ONNX metadata names "
+                             f"{source or 'none'}, which does not exist here; pass the .pt file instead")
+    return Path(source), meta.export
+
+
+class TorchModel(AnomalyModel):
+    """DiCNet eager in PyTorch. Options: fp16 (autocast, CUDA only; default on for CUDA), threads (CPU
+    intra-op threads, 0 = torch default), network_resolution (outputs at the network size)."""
+
+    backend_name = "torch"
+
+    def __init__(self, path: str | Path, device: str = "auto", fp16: bool | None = None, threads: int = 0,
+                 network_resolution: bool | None = None):
+        try:
+            import torch
+        except ImportError as exc:
+            raise BackendUnavailableError("backend 'torch' needs PyTorch (pip install -e '.[train]')") from exc
+        from dicnet_ros.model.checkpoint import CheckpointError, model_from_checkpoint
+
+        path = Path(path)
+        check_file(path)
+        checkpoint, export = _checkpoint_for(path)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailableError(f"device '{device}' needs a CUDA GPU, but torch sees none; use device 'cpu'")
+        if device not in ("cpu",) and not device.startswith("cuda"):
+            raise BackendUnavailableError(f"unknown device '{device}' for torch; use auto, cpu or cuda[:N]")
+        if threads:
+            torch.set_num_threads(int(threads))
+        try:
+            model, metadata, _ = model_from_checkpoint(checkpoint)
+        except CheckpointError as exc:
+            raise ModelLoadError(" ".join(str(exc).split())) from exc
+        super().__init__(path, metadata, device)
+        self.torch = torch
+        self.model = model.to(device).eval()
+        self.fp16 = bool(device.startswith("cuda") if fp16 is None else fp16) and device.startswith("cuda")
+        net_res = export.get("output_resolution") == "network"
+        self.network_resolution = net_res if network_resolution is None else network_resolution
+        self.nearest_labels = export.get("labels") == "nearest"  # as the ONNX computes them
+        log.info("torch: %s on %s%s", checkpoint, device, " (fp16 autocast)" if self.fp16 else "")
+
+    def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        torch = self.torch
+        x = torch.from_numpy(image)[None].to(self.device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+            out = self.model(x, network_resolution=self.network_resolution)
+        score = out.anomaly_score[0].float().cpu().numpy()
+        if self.nearest_labels:  # same ops as the exported graph's --labels nearest
+            from dicnet_ros.preprocessing import restore_size
+
+            size = None if self.network_resolution else tuple(image.shape[:2])
+            ids = out.logits.float().argmax(dim=1, keepdim=True).to(torch.float32)
+            labels = restore_size(ids, self.model.preprocess_config, size, mode="nearest")[0, 0].to(torch.uint8)
+        else:
+            labels = out.semantic_labels[0].to(torch.uint8)
+        labels = labels.cpu().numpy()
+        return score, labels
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+        if self.device.startswith("cuda"):
+            self.torch.cuda.empty_cache()

@@ -1,0 +1,332 @@
+"""TensorRT backend: build (or load from the cache) an engine per graph, run it with CUDA device buffers.
+
+Precision comes from the ONNX (strongly typed network on TensorRT >= 10.12 and always on 11, which removed
+the FP16 builder flag): export with ``--fp16`` for an fp16 engine. On TensorRT 10.x < 10.12 the weakly typed
+FP16 flag is still offered (``fp16_flag=True``). Device buffers are PyTorch CUDA tensors (one guarded
+dependency, already present wherever a CUDA inference stack is); the import of ``tensorrt`` is guarded so
+this module imports everywhere and the other backends keep working without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicnet_ros.inference.base import AnomalyModel, BackendUnavailableError, ModelLoadError
+from dicnet_ros.inference.engine_cache import (
+    EngineKey,
+    EngineLoadError,
+    _atomic_write,
+    engine_path_for,
+    load_or_build,
+    sha256_file,
+    timing_cache_path,
+)
+from dicnet_ros.inference.graphs import INPUT_NAME, check_image_size, compose, resolve_model_files
+from dicnet_ros.inference.metadata import ModelMetadata
+
+log = logging.getLogger(__name__)
+
+OPTIONS = ("cache_dir", "force_rebuild", "input_size", "workspace_mb", "fp16_flag")
+STRONG_TYPING_SINCE = (10, 12)
+HEARTBEAT_S = 15.0
+
+
+def _other_backends() -> str:
+    try:
+        from dicnet_ros.inference.registry import describe_available
+
+        return describe_available(exclude="tensorrt")
+    except Exception:  # only used to enrich an error message
+        return "unknown"
+
+
+def import_tensorrt() -> Any:
+    """The tensorrt module, or BackendUnavailableError saying what to install and what else works."""
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:  # OSError: the wheel is there but libnvinfer is not
+        raise BackendUnavailableError(
+            f"backend 'tensorrt' needs the tensorrt Python package (pip install tensorrt) and an NVIDIA GPU "
+            f"({type(exc).__name__}: {exc}); available: {_other_backends()}") from exc
+    return tensorrt
+
+
+def import_torch_cuda(device: str) -> tuple[Any, int]:
+    """torch with a CUDA device for the buffers: (torch, device index)."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise BackendUnavailableError("backend 'tensorrt' uses PyTorch CUDA tensors as device buffers: install "
+                                      "torch with CUDA support") from exc
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(f"backend 'tensorrt' needs an NVIDIA GPU, but CUDA sees none; available: "
+                                      f"{_other_backends()}")
+    _, _, index = device.partition(":")
+    return torch, int(index or 0)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for p in version.split(".")[:3]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def plan_precision(onnx_dtype: str, tensorrt_version: str, fp16_flag: bool = False) -> tuple[str, bool, bool]:
+    """(precision tag, strongly typed?, set the FP16 builder flag?) for an ONNX of ``onnx_dtype``.
+
+    TensorRT >= 10.12: strongly typed, precision = the ONNX's. Older 10.x: weakly typed; the FP16 flag is
+    honoured on request and becomes part of the cache key.
+    """
+    precision = "fp16" if onnx_dtype in ("float16", "fp16") else "fp32"
+    if version_tuple(tensorrt_version) >= STRONG_TYPING_SINCE:
+        if fp16_flag:
+            log.warning("TensorRT %s: the FP16 builder flag is deprecated/removed; precision comes from the ONNX "
+                        "(export with --fp16)", tensorrt_version)
+        return precision, True, False
+    return (precision + "+fp16flag" if fp16_flag else precision), False, bool(fp16_flag)
+
+
+def network_flags(trt: Any, strongly_typed: bool) -> int:
+    flags = 0
+    creation = trt.NetworkDefinitionCreationFlag
+    if strongly_typed and hasattr(creation, "STRONGLY_TYPED"):
+        flags |= 1 << int(creation.STRONGLY_TYPED)
+    if hasattr(creation, "EXPLICIT_BATCH") and version_tuple(trt.__version__) < (10,):
+        flags |= 1 << int(creation.EXPLICIT_BATCH)
+    return flags
+
+
+def _progress_monitor(trt: Any, label: str) -> Any:
+    """An IProgressMonitor that logs phase starts (throttled); None where TensorRT lacks the interface."""
+    base = getattr(trt, "IProgressMonitor", None)
+    if base is None:
+        return None
+
+    class Monitor(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+            self._last = 0.0
+            self._lock = threading.Lock()
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            with self._lock:
+                now = time.monotonic()
+                if parent_phase is None or now - self._last > 5.0:
+                    self._last = now
+                    log.info("TensorRT build %s: %s (%d steps)", label, phase_name, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True  # never cancel
+
+        def phase_finish(self, phase_name: str) -> None:
+            pass
+
+    return Monitor()
+
+
+def build_plan(trt: Any, onnx_path: Path, input_shapes: dict[str, tuple[int, ...]], strongly_typed: bool,
+               fp16_flag: bool, workspace_mb: int, timing_cache: Path | None) -> bytes:
+    """Parse the ONNX and build a serialized plan for exactly ``input_shapes`` (min = opt = max)."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt, strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ModelLoadError(f"{onnx_path}: TensorRT cannot parse the ONNX: {' '.join(errors.split())[:400]}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    dynamic = False
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(input_shapes[tensor.name])
+        if any(d < 0 for d in tensor.shape):
+            dynamic = True
+            profile.set_shape(tensor.name, shape, shape, shape)
+    if dynamic:
+        config.add_optimization_profile(profile)
+    cache = None
+    if timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            log.warning("timing cache %s does not match this GPU/TensorRT; starting a new one", timing_cache)
+            cache = config.create_timing_cache(b"")
+            config.set_timing_cache(cache, ignore_mismatch=True)
+    monitor = _progress_monitor(trt, onnx_path.name)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    done = threading.Event()
+    start = time.monotonic()
+
+    def heartbeat() -> None:  # a build takes minutes; say so even if no phase is reported
+        while not done.wait(HEARTBEAT_S):
+            log.info("still building the TensorRT engine for %s (%.0f s)", onnx_path.name, time.monotonic() - start)
+
+    thread = threading.Thread(target=heartbeat, name="trt-build-heartbeat", daemon=True)
+    thread.start()
+    try:
+        plan = builder.build_serialized_network(network, config)
+    finally:
+        done.set()
+    if plan is None:
+        raise ModelLoadError(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
+    if timing_cache is not None:
+        _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(plan)
+
+
+def _torch_dtype(trt: Any, torch: Any, dtype: Any) -> Any:
+    table = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8,
+             "UINT8": torch.uint8, "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool}
+    name = getattr(dtype, "name", str(dtype).split(".")[-1])
+    if name not in table:
+        raise ModelLoadError(f"TensorRT tensor type {name} is not supported by this backend")
+    return table[name]
+
+
+class TrtGraph:
+    """One deserialized engine with its execution context and CUDA stream; numpy in, numpy out."""
+
+    def __init__(self, trt: Any, torch: Any, device_index: int, plan: bytes):
+        self.trt, self.torch = trt, torch
+        self.device = torch.device("cuda", device_index)
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        try:
+            self.engine = self.runtime.deserialize_cuda_engine(plan)
+        except Exception as exc:  # some versions raise instead of returning None
+            raise EngineLoadError(str(exc)) from exc
+        if self.engine is None:
+            raise EngineLoadError("deserialize_cuda_engine returned None")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.dtypes = {n: _torch_dtype(trt, torch, self.engine.get_tensor_dtype(n)) for n in names}
+        self.stream = torch.cuda.Stream(device=self.device)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self.torch
+        keep = []
+        with torch.cuda.stream(self.stream):
+            for name in self.inputs:
+                host = torch.from_numpy(np.ascontiguousarray(feeds[name]))
+                tensor = host.to(self.device, non_blocking=True).to(self.dtypes[name])
+                keep.append(tensor)
+                self.context.set_input_shape(name, tuple(tensor.shape))
+                self.context.set_tensor_address(name, tensor.data_ptr())
+            outputs = {}
+            for name in self.outputs:
+                shape = tuple(self.context.get_tensor_shape(name))
+                outputs[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
+                self.context.set_tensor_address(name, outputs[name].data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed")
+            host_out = {name: t.to("cpu", non_blocking=True) for name, t in outputs.items()}
+        self.stream.synchronize()
+        return {name: t.numpy() for name, t in host_out.items()}
+
+
+class TrtModel(AnomalyModel):
+    """DiCNet on TensorRT. Options: cache_dir (default: next to the ONNX), force_rebuild, input_size
+    ((width, height) for dynamic-size ONNX; default the network size), workspace_mb, fp16_flag (TensorRT < 10.12)."""
+
+    backend_name = "tensorrt"
+
+    def __init__(self, path: str | Path, device: str = "cuda", cache_dir: str | Path | None = None,
+                 force_rebuild: bool = False, input_size: tuple[int, int] | None = None, workspace_mb: int = 2048,
+                 fp16_flag: bool = False):
+        self.trt = import_tensorrt()
+        self.torch, self.device_index = import_torch_cuda(device if device != "auto" else "cuda")
+        files = resolve_model_files(path)
+        from dicnet_ros.inference.ort_backend import OrtGraph  # metadata + I/O check without a GPU
+
+        infos = {role: OrtGraph(p, role, ["CPUExecutionProvider"], 1, "disable") for role, p in files.graphs.items()}
+        first = infos["fused"] if files.form == "fused" else infos["teacher"]
+        metadata: ModelMetadata = files.manifest_metadata or first.metadata
+        super().__init__(files.path, metadata, f"cuda:{self.device_index}")
+        self.form, self.files = files.form, files
+        self.io = {role: info.inputs for role, info in infos.items()}
+        del infos
+        self.fixed_hw = first.fixed_hw
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.workspace_mb, self.force = workspace_mb, force_rebuild
+        props = self.torch.cuda.get_device_properties(self.device_index)
+        self.gpu_name, self.compute_capability = props.name, f"{props.major}.{props.minor}"
+        dtype = metadata.export.get("dtype", "float32")
+        self.precision, self.strongly_typed, self.fp16_flag = plan_precision(dtype, self.trt.__version__, fp16_flag)
+        self.engine_files: list[Path] = []
+        self._hashes = {role: sha256_file(p) for role, p in files.graphs.items()}
+        self._calls: dict[tuple[int, int], Any] = {}
+        pre = metadata.preprocess_config
+        hw = self.fixed_hw or ((input_size[1], input_size[0]) if input_size else (pre.height, pre.width))
+        self._load_for(hw)
+
+    def _shapes(self, role: str, hw: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+        shapes = {}
+        for name, (_, shape) in self.io[role].items():
+            if name == INPUT_NAME:
+                shapes[name] = (1, hw[0], hw[1], 3)
+            else:
+                shapes[name] = tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape)
+        return shapes
+
+    def _load_for(self, hw: tuple[int, int]) -> None:
+        runners = {}
+        folder = self.cache_dir or next(iter(self.files.graphs.values())).parent
+        timing = timing_cache_path(folder, self.trt.__version__, self.gpu_name)
+        for role, onnx_path in self.files.graphs.items():
+            shapes = self._shapes(role, hw)
+            key = EngineKey.create(self.trt.__version__, self.gpu_name, self.compute_capability, self._hashes[role],
+                                   shapes, self.precision)
+            engine_path = engine_path_for(onnx_path, key, self.cache_dir, "" if role == "fused" else role)
+
+            def build(onnx_path: Path = onnx_path, shapes: dict = shapes) -> bytes:
+                return build_plan(self.trt, onnx_path, shapes, self.strongly_typed, self.fp16_flag,
+                                  self.workspace_mb, timing)
+
+            def deserialize(plan: bytes) -> TrtGraph:
+                return TrtGraph(self.trt, self.torch, self.device_index, plan)
+
+            try:
+                runners[role], status = load_or_build(engine_path, key, build, deserialize, self.force, log)
+            except EngineLoadError as exc:
+                raise ModelLoadError(str(exc)) from exc
+            log.info("tensorrt: %s", status)
+            self.engine_files.append(engine_path)
+        self.force = False
+        self._calls[hw] = compose(self.form, runners)
+
+    def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        hw = (int(image.shape[0]), int(image.shape[1]))
+        call = self._calls.get(hw)
+        if call is None:
+            check_image_size(image, self.fixed_hw, self.path)
+            log.warning("tensorrt: no engine for %dx%d input yet; building/loading one now (pass input_size or run "
+                        "`dicnet build-engine --input-size` to do this ahead of time)", hw[1], hw[0])
+            self._load_for(hw)
+            call = self._calls[hw]
+        return call(image)
+
+    def warmup(self, iterations: int = 2) -> None:
+        hw = next(iter(self._calls))
+        dummy = np.zeros((*hw, 3), np.uint8)
+        for _ in range(iterations):
+            self._run(dummy)
+
+    def close(self) -> None:
+        self._calls.clear()
+
+    def describe(self) -> dict[str, str]:
+        return {**super().describe(), "form": self.form, "precision": self.precision, "gpu": self.gpu_name,
+                "tensorrt": str(self.trt.__version__), "engines": ",".join(str(p) for p in self.engine_files)}

@@ -1,0 +1,129 @@
+"""Export: one fused graph (uint8 in, score + ids out), separate graphs, metadata, parity with PyTorch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+torch = pytest.importorskip("torch")
+
+from dicnet_training.export import ExportOptions, check_parity, export_onnx, random_images  # noqa: E402
+
+from dicnet_ros.inference.metadata import METADATA_KEY, ModelMetadata  # noqa: E402
+from dicnet_ros.inference.ort_backend import OrtModel  # noqa: E402
+from dicnet_ros.model.checkpoint import model_from_checkpoint  # noqa: E402
+
+
+def _metadata(path: Path) -> ModelMetadata:
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    return ModelMetadata.from_json(props[METADATA_KEY])
+
+
+def _torch_out(checkpoint: Path, image: np.ndarray, network_resolution: bool = False):
+    model, _, _ = model_from_checkpoint(checkpoint)
+    with torch.no_grad():
+        out = model(torch.from_numpy(image)[None], network_resolution=network_resolution)
+    return out.anomaly_score[0].numpy(), out.semantic_labels[0].numpy()
+
+
+def test_fused_graph_io_checker_and_metadata(tiny_onnx: Path, tiny_checkpoint: Path) -> None:
+    model = onnx.load(str(tiny_onnx))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 17
+    (inp,) = model.graph.input
+    assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    outs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
+    assert outs == {"anomaly_score": onnx.TensorProto.FLOAT, "semantic_labels": onnx.TensorProto.UINT8}
+    meta = _metadata(tiny_onnx)
+    _, ckpt_meta, raw = model_from_checkpoint(tiny_checkpoint)
+    assert meta.class_names == ckpt_meta.class_names
+    assert meta.threshold == pytest.approx(ckpt_meta.threshold)
+    assert meta.calibration["mu_c"] == pytest.approx(raw["mu_c"])
+    assert meta.preprocess == ckpt_meta.preprocess and meta.model_config == ckpt_meta.model_config
+    assert meta.export["form"] == "fused" and meta.export["dynamic"] is True
+    assert meta.export["dtype"] == "float32" and meta.export["output_resolution"] == "input"
+    assert meta.export["opset"] >= 17 and len(meta.export["checkpoint_sha256"]) == 64
+    assert Path(meta.source_checkpoint) == tiny_checkpoint.resolve()
+
+
+@pytest.mark.parametrize("size", [(96, 64), (200, 120), (57, 64)])
+def test_parity_fp32_at_several_input_sizes(tiny_onnx: Path, tiny_checkpoint: Path, size: tuple[int, int]) -> None:
+    image = np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    ref_score, ref_labels = _torch_out(tiny_checkpoint, image)
+    score, labels = OrtModel(tiny_onnx, device="cpu")._run(image)
+    assert score.shape == (size[1], size[0]) and score.dtype == np.float32
+    assert labels.dtype == np.uint8
+    assert np.abs(score - ref_score).max() <= 1e-4 * np.abs(ref_score).max()
+    assert (labels == ref_labels).mean() > 0.999
+
+
+def test_fixed_size_network_resolution_export(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    opts = ExportOptions(network_resolution=True, input_size=(160, 90), check_parity=2)
+    result = export_onnx(tiny_checkpoint, tmp_path / "net.onnx", opts)
+    assert result.parity["max_rel_error"] <= 1e-4
+    meta = _metadata(result.onnx_path)
+    assert meta.export["input_size"] == [160, 90] and meta.export["output_resolution"] == "network"
+    model = OrtModel(result.onnx_path, device="cpu")
+    score, labels = model._run(np.zeros((90, 160, 3), np.uint8))
+    assert score.shape == labels.shape == (64, 96)
+    with pytest.raises(ValueError, match="160x90"):
+        model._run(np.zeros((64, 96, 3), np.uint8))
+
+
+def test_separate_graphs_match_fused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = export_onnx(tiny_checkpoint, tmp_path / "m.onnx", ExportOptions(dynamic=True, separate=True))
+    manifest = result.separate_manifest
+    assert manifest is not None and manifest.name.endswith(".separate.json")
+    data = json.loads(manifest.read_text())
+    assert set(data["graphs"]) == {"teacher", "student", "score"}
+    for name in data["graphs"].values():
+        onnx.checker.check_model(str(manifest.parent / name), full_check=True)
+    images = random_images(2, model_from_checkpoint(tiny_checkpoint)[0], ExportOptions(dynamic=True))
+    fused, separate = OrtModel(result.onnx_path, "cpu"), OrtModel(manifest.parent, "cpu")
+    assert separate.form == "separate" and separate.metadata.threshold == fused.metadata.threshold
+    for image in images:
+        (a, la), (b, lb) = fused._run(image), separate._run(image)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        assert (la == lb).all()
+
+
+def test_fp16_variant_runs_and_is_close(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = export_onnx(tiny_checkpoint, tmp_path / "h.onnx", ExportOptions(fp16=True))
+    model = onnx.load(str(result.onnx_path))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert {o.type.tensor_type.elem_type for o in model.graph.output if o.name == "anomaly_score"} == {
+        onnx.TensorProto.FLOAT}
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    assert _metadata(result.onnx_path).export["dtype"] == "float16"
+    torch_model = model_from_checkpoint(tiny_checkpoint)[0]
+    images = random_images(2, torch_model, ExportOptions(fp16=True))
+    report = check_parity(torch_model, result.onnx_path, images, ExportOptions(fp16=True))
+    assert report["max_rel_error"] < 5e-2
+
+
+def test_cli_export_with_parity(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from dicnet_ros.cli import main
+
+    out = tmp_path / "cli.onnx"
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--check-parity", "1",
+                 "--opset", "18"]) == 0
+    assert out.is_file() and "parity" in capsys.readouterr().out
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--opset", "13"]) == 1
+
+
+def test_nearest_labels_export_matches_torch_backend(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from dicnet_ros.inference import load_model
+
+    result = export_onnx(tiny_checkpoint, tmp_path / "n.onnx", ExportOptions(labels="nearest", input_size=(150, 100),
+                                                                            check_parity=1))
+    assert _metadata(result.onnx_path).export["labels"] == "nearest" and result.parity["min_label_agreement"] == 1.0
+    image = np.random.default_rng(5).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    a = load_model(result.onnx_path, "onnxruntime", "cpu").infer(image)
+    b = load_model(result.onnx_path, "torch", "cpu").infer(image)  # mimics the export's label mode
+    assert (a.semantic_labels == b.semantic_labels).all()
+    assert np.abs(a.anomaly_score - b.anomaly_score).max() <= 1e-4 * np.abs(b.anomaly_score).max()

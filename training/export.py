@@ -1,0 +1,421 @@
+"""`dicnet export`: a checkpoint -> ONE ONNX graph (uint8 image in, anomaly score + class ids out).
+
+Preprocessing (resize to the fixed network size, normalise, pad) and the score/upsampling are traced from the
+same torch functions the training and the torch backend use, so no runtime re-implements them. The network
+runs at a fixed size inside the graph (pyramid pooling does not export with dynamic feature sizes, see
+pitfalls), while the image input may have a fixed or a dynamic size. The calibrated metadata travels in the
+ONNX ``metadata_props`` so one file is a complete deployable model.
+
+``--separate`` additionally writes teacher / student / score graphs plus a manifest for users who place the
+branches on different accelerators; the score graph is exported from the same ``anomaly_score`` /
+``restore_size`` code, so there is still one scoring definition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dicnet_ros.inference.metadata import METADATA_KEY, ModelMetadata
+from dicnet_ros.model.checkpoint import model_from_checkpoint
+from dicnet_ros.model.dicnet import DiCNet
+from dicnet_ros.preprocessing import parse_size, restore_size
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("anomaly_score", "semantic_labels")
+SEPARATE_FORMAT = "dicnet-separate/1"
+MIN_OPSET = 17
+FP32_PARITY_RTOL = 1e-4
+FP16_PARITY_RTOL = 5e-2
+
+
+class ExportError(RuntimeError):
+    """The export or its parity check failed; the message says which step."""
+
+
+# ----------------------------------------------------------------------------------------------- wrappers
+class FusedGraph(nn.Module):
+    """image uint8 (N, H, W, 3) -> (anomaly_score float32 (N, H', W'), semantic_labels uint8 (N, H', W')).
+
+    fp32 calls ``DiCNet.forward`` itself (the one definition); fp16 runs the two branches in half precision
+    and scores in fp32 with the same functions, so input stays uint8 and the score float32.
+    """
+
+    def __init__(self, model: DiCNet, network_resolution: bool = False, fp16: bool = False, labels: str = "bilinear"):
+        super().__init__()
+        self.model = model
+        self.network_resolution = network_resolution
+        self.fp16 = fp16
+        self.labels = labels
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        if not self.fp16:
+            out = m(image, network_resolution=self.network_resolution)
+            if self.labels == "nearest":  # the bilinear labels of forward() are then pruned from the graph
+                size = None if self.network_resolution else tuple(image.shape[1:3])
+                return out.anomaly_score, nearest_labels(out.logits, m, size)
+            return out.anomaly_score, out.semantic_labels.to(torch.uint8)
+        x = m.network_input(image).half()
+        t = m.teacher(x)
+        s = m.student(x)
+        size = None if self.network_resolution else tuple(image.shape[1:3])
+        score = restore_size(m.score_features(t.feature.float(), s.float()), m.preprocess_config, size)
+        if self.labels == "nearest":
+            return score[:, 0], nearest_labels(t.logits.float(), m, size)
+        labels = restore_size(t.logits.float(), m.preprocess_config, size).argmax(dim=1)
+        return score[:, 0], labels.to(torch.uint8)
+
+
+def nearest_labels(logits: torch.Tensor, model: DiCNet, size: tuple[int, int] | None) -> torch.Tensor:
+    """Class ids by arg-max at feature resolution, then nearest resize (``restore_size(mode='nearest')``).
+
+    The cheap alternative to upsampling all K logit channels bilinearly before the arg-max, which dominates
+    CPU time at 1280x720 for light models; ids differ only along class boundaries. Opt-in (--labels nearest).
+    """
+    ids = logits.argmax(dim=1, keepdim=True).to(torch.float32)
+    return restore_size(ids, model.preprocess_config, size, mode="nearest")[:, 0].to(torch.uint8)
+
+
+class TeacherGraph(nn.Module):
+    """image -> (teacher_feature, teacher_logits) at feature resolution (the segmentation branch)."""
+
+    def __init__(self, model: DiCNet, fp16: bool = False):
+        super().__init__()
+        self.model = model
+        self.fp16 = fp16
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.model.network_input(image)
+        t = self.model.teacher(x.half() if self.fp16 else x)
+        return t.feature.float(), t.logits.float()
+
+
+class StudentGraph(nn.Module):
+    """image -> student_feature at feature resolution."""
+
+    def __init__(self, model: DiCNet, fp16: bool = False):
+        super().__init__()
+        self.model = model
+        self.fp16 = fp16
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.model.network_input(image)
+        return self.model.student(x.half() if self.fp16 else x).float()
+
+
+class ScoreGraph(nn.Module):
+    """(teacher_feature, student_feature, teacher_logits, image) -> score + labels; ``image`` only gives the size."""
+
+    def __init__(self, model: DiCNet, network_resolution: bool = False, labels: str = "bilinear"):
+        super().__init__()
+        self.model = model
+        self.network_resolution = network_resolution
+        self.labels = labels
+
+    def forward(self, teacher_feature: torch.Tensor, student_feature: torch.Tensor, teacher_logits: torch.Tensor,
+                image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        size = None if self.network_resolution else tuple(image.shape[1:3])
+        score = restore_size(m.score_features(teacher_feature, student_feature), m.preprocess_config, size)
+        if self.labels == "nearest":
+            return score[:, 0], nearest_labels(teacher_logits, m, size)
+        labels = restore_size(teacher_logits, m.preprocess_config, size).argmax(dim=1)
+        return score[:, 0], labels.to(torch.uint8)
+
+
+# ------------------------------------------------------------------------------------------------ export
+@dataclass
+class ExportOptions:
+    """What to export; mirrors the command-line flags."""
+
+    network_resolution: bool = False
+    dynamic: bool = False
+    input_size: tuple[int, int] | None = None  # (width, height); None = the network size
+    fp16: bool = False
+    labels: str = "bilinear"  # "bilinear": upsample logits then arg-max (DiCNet.forward); "nearest": cheap ids
+    separate: bool = False
+    opset: int = 18
+    check_parity: int = 0
+    parity_images: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class ExportResult:
+    """Files written and the parity numbers (if checked)."""
+
+    onnx_path: Path
+    metadata: ModelMetadata
+    separate_manifest: Path | None = None
+    parity: dict[str, Any] = field(default_factory=dict)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _example_input(model: DiCNet, opts: ExportOptions) -> torch.Tensor:
+    """Example image for tracing. Dynamic exports trace at a size unlike the network size, so the in-graph
+    resize is recorded (preprocess skips it when sizes match) and batch 2 keeps the batch dim symbolic."""
+    pre = model.preprocess_config
+    if opts.dynamic:
+        return torch.randint(0, 256, (2, pre.height + 8, pre.width + 24, 3), dtype=torch.uint8)
+    w, h = opts.input_size or (pre.width, pre.height)
+    return torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8)
+
+
+def _onnx_export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+                 output_names: list[str], dynamic_inputs: dict[str, dict[int, str]], opset: int) -> str:
+    """Export with the dynamo exporter (pyramid pooling needs it); fall back to the legacy one, saying why."""
+    module = module.eval()
+    shared: dict[str, Any] = {}  # one Dim per label, so e.g. the batch of every input is the same symbol
+    dims: dict[str, Any] = {}
+    for name in input_names:
+        spec = dynamic_inputs.get(name) or {}
+        dims[name] = {axis: shared.setdefault(label, torch.export.Dim(label, min=1 if label == "batch" else 8,
+                                                                     max=8192))
+                      for axis, label in spec.items()} or None
+    try:
+        with torch.no_grad():
+            program = torch.onnx.export(module, args, input_names=input_names, output_names=output_names,
+                                        dynamo=True, opset_version=opset, verbose=False,
+                                        dynamic_shapes=dims if any(dims.values()) else None)
+        program.save(str(path))
+        return "dynamo"
+    except Exception as exc:  # any exporter failure leads to the documented fallback
+        log.warning("dynamo ONNX exporter failed (%s: %s); falling back to the legacy TorchScript exporter, which "
+                    "cannot export pyramid pooling at sizes that are not multiples of the pooling grid. Install "
+                    "'onnxscript' and check the torch version if this fails too.", type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "")
+    axes: dict[str, dict[int, str]] = {name: dict(spec) for name, spec in dynamic_inputs.items() if spec}
+    if axes:
+        axes.update({name: {0: "batch", 1: "out_height", 2: "out_width"} for name in output_names})
+    with torch.no_grad():
+        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                          dynamo=False, opset_version=opset, dynamic_axes=axes or None)
+    return "torchscript"
+
+
+def _write_metadata(path: Path, metadata: ModelMetadata) -> None:
+    """Put the metadata JSON into ``metadata_props`` and check the model."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, metadata.to_json()
+    model.producer_name = "dicnet_ros"
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions | None = None) -> ExportResult:
+    """Export a student-stage checkpoint to a fused ONNX (and optionally the separate graphs)."""
+    opts = options or ExportOptions()
+    if opts.opset < MIN_OPSET:
+        raise ExportError(f"opset {opts.opset} is too old; use {MIN_OPSET} or newer")
+    checkpoint, out = Path(checkpoint), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model, metadata, _ = model_from_checkpoint(checkpoint)
+    pre = model.preprocess_config
+    export_model = copy.deepcopy(model).half() if opts.fp16 else model
+    export_model.mu_c.data = model.mu_c.data.float().clone()  # the score is computed in fp32
+    example = _example_input(model, opts)
+    dyn = {INPUT_NAME: {0: "batch", 1: "height", 2: "width"}} if opts.dynamic else {}
+    start = time.perf_counter()
+    if opts.labels not in ("bilinear", "nearest"):
+        raise ExportError(f"labels must be 'bilinear' or 'nearest', got {opts.labels!r}")
+    exporter = _onnx_export(FusedGraph(export_model, opts.network_resolution, opts.fp16, opts.labels), (example,), out,
+                            [INPUT_NAME], list(OUTPUT_NAMES), dyn, opts.opset)
+    in_size = None if opts.dynamic else list(opts.input_size or (pre.width, pre.height))
+    export_info = {
+        "form": "fused",
+        "opset": opts.opset,
+        "exporter": exporter,
+        "dynamic": opts.dynamic,
+        "input_size": in_size,  # (width, height) or None when dynamic
+        "network_size": [pre.width, pre.height],
+        "dtype": "float16" if opts.fp16 else "float32",
+        "output_resolution": "network" if opts.network_resolution else "input",
+        "labels": opts.labels,
+        "inputs": {INPUT_NAME: "uint8 (N, H, W, 3) RGB"},
+        "outputs": {"anomaly_score": "float32 (N, H, W)", "semantic_labels": "uint8 (N, H, W)"},
+        "checkpoint_sha256": _sha256(checkpoint),
+        "torch_version": torch.__version__,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    meta = ModelMetadata(**{**metadata.__dict__, "export": export_info,
+                            "source_checkpoint": str(checkpoint.resolve())})
+    if not meta.calibration.get("mu_c"):
+        meta.calibration = {**meta.calibration, "mu_c": [float(v) for v in model.mu_c]}
+    _write_metadata(out, meta)
+    log.info("exported %s (%s exporter, %.1f s)", out, exporter, time.perf_counter() - start)
+    result = ExportResult(out, meta)
+    if opts.separate:
+        result.separate_manifest = export_separate(model, export_model, meta, out, opts)
+    if opts.check_parity:
+        images = random_images(opts.check_parity, model, opts) + load_images(opts.parity_images, opts)
+        result.parity = check_parity(model, out, images, opts)
+        if result.separate_manifest is not None:
+            result.parity["separate"] = check_parity(model, result.separate_manifest, images, opts)
+    return result
+
+
+def export_separate(model: DiCNet, export_model: DiCNet, meta: ModelMetadata, out: Path,
+                    opts: ExportOptions) -> Path:
+    """Teacher, student and score graphs in ``<stem>_separate/`` with a ``dicnet.separate.json`` manifest."""
+    folder = out.with_name(out.stem + "_separate")
+    folder.mkdir(parents=True, exist_ok=True)
+    example = _example_input(model, opts)
+    with torch.no_grad():
+        t_feat, t_logits = TeacherGraph(export_model, opts.fp16)(example)
+        s_feat = StudentGraph(export_model, opts.fp16)(example)
+    img_dyn = {0: "batch", 1: "height", 2: "width"} if opts.dynamic else {}
+    feat_dyn = {0: "batch"} if opts.dynamic else {}
+    specs = {
+        "teacher": (TeacherGraph(export_model, opts.fp16), (example,), [INPUT_NAME],
+                    ["teacher_feature", "teacher_logits"], {INPUT_NAME: img_dyn}),
+        "student": (StudentGraph(export_model, opts.fp16), (example,), [INPUT_NAME], ["student_feature"],
+                    {INPUT_NAME: img_dyn}),
+        # the score graph is fp32: it is tiny and the score must not lose precision
+        "score": (ScoreGraph(model, opts.network_resolution, opts.labels), (t_feat, s_feat, t_logits, example),
+                  ["teacher_feature", "student_feature", "teacher_logits", INPUT_NAME], list(OUTPUT_NAMES),
+                  {"teacher_feature": feat_dyn, "student_feature": feat_dyn, "teacher_logits": feat_dyn,
+                   INPUT_NAME: img_dyn}),
+    }
+    graphs: dict[str, str] = {}
+    for role, (module, args, inputs, outputs, dyn) in specs.items():
+        path = folder / f"{role}.onnx"
+        exporter = _onnx_export(module, args, path, inputs, outputs, dyn, opts.opset)
+        role_meta = ModelMetadata(**{**meta.__dict__, "export": {**meta.export, "form": f"separate:{role}",
+                                                                 "exporter": exporter}})
+        _write_metadata(path, role_meta)
+        graphs[role] = path.name
+    manifest = folder / "dicnet.separate.json"
+    sep_meta = ModelMetadata(**{**meta.__dict__, "export": {**meta.export, "form": "separate"}})
+    manifest.write_text(json.dumps({"format": SEPARATE_FORMAT, "graphs": graphs,
+                                    "metadata": json.loads(sep_meta.to_json())}, indent=2, sort_keys=True))
+    log.info("wrote separate graphs to %s", folder)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------------ parity
+def random_images(n: int, model: DiCNet, opts: ExportOptions, seed: int = 0) -> list[np.ndarray]:
+    """``n`` random uint8 images at the exported input size (or alternating sizes for dynamic exports)."""
+    rng = np.random.default_rng(seed)
+    pre = model.preprocess_config
+    sizes = [opts.input_size or (pre.width, pre.height)]
+    if opts.dynamic:
+        sizes = [(pre.width, pre.height), (pre.width * 2 + 10, pre.height * 2 + 6), (pre.width // 2 + 3, pre.height)]
+    return [rng.integers(0, 256, (sizes[i % len(sizes)][1], sizes[i % len(sizes)][0], 3), dtype=np.uint8)
+            for i in range(n)]
+
+
+def load_images(paths: list[Path], opts: ExportOptions) -> list[np.ndarray]:
+    """RGB images from files or folders (e.g. the sim benchmark), resized to a fixed input size if needed."""
+    import cv2
+
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        files += sorted(q for q in p.rglob("*") if q.suffix.lower() in (".png", ".jpg", ".jpeg")) if p.is_dir() else [p]
+    images = []
+    for f in files[:8]:
+        bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ExportError(f"{f}: not a readable image")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if not opts.dynamic and opts.input_size and (rgb.shape[1], rgb.shape[0]) != tuple(opts.input_size):
+            rgb = cv2.resize(rgb, tuple(opts.input_size), interpolation=cv2.INTER_AREA)
+        images.append(np.ascontiguousarray(rgb))
+    return images
+
+
+def check_parity(model: DiCNet, onnx_path: Path, images: list[np.ndarray], opts: ExportOptions) -> dict[str, Any]:
+    """Compare ONNX Runtime (CPU) with PyTorch on ``images``; raise ExportError beyond the tolerance.
+
+    Relative error = max |ort - torch| / max |torch| per image (the score has no natural unit).
+    """
+    from dicnet_ros.inference.ort_backend import OrtModel
+
+    ort_model = OrtModel(onnx_path, device="cpu")
+    rtol = FP16_PARITY_RTOL if opts.fp16 else FP32_PARITY_RTOL
+    worst, agreement = 0.0, 1.0
+    for image in images:
+        with torch.no_grad():
+            ref = model(torch.from_numpy(image)[None], network_resolution=opts.network_resolution)
+        score, labels = ort_model._run(image)
+        ref_score = ref.anomaly_score[0].numpy()
+        ref_labels = ref.semantic_labels
+        if opts.labels == "nearest":
+            size = None if opts.network_resolution else image.shape[:2]
+            ref_labels = nearest_labels(ref.logits, model, size)
+        rel = float(np.abs(score - ref_score).max() / max(float(np.abs(ref_score).max()), 1e-12))
+        worst = max(worst, rel)
+        agreement = min(agreement, float((labels == ref_labels[0].numpy()).mean()))
+    report = {"images": len(images), "max_rel_error": worst, "rtol": rtol, "min_label_agreement": agreement}
+    log.info("parity %s: %s", onnx_path.name, report)
+    if worst > rtol:
+        raise ExportError(f"{onnx_path}: ONNX Runtime differs from PyTorch by {worst:.3g} relative (> {rtol:g})")
+    return report
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, type=Path, help="student-stage checkpoint (.pt)")
+    parser.add_argument("--out", required=True, type=Path, help="output .onnx path")
+    parser.add_argument("--network-resolution", action="store_true",
+                        help="output maps at the network size instead of the input size")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic batch and input height/width")
+    parser.add_argument("--input-size", type=parse_size, default=None,
+                        help="fixed input size WxH (default: the network size); ignored with --dynamic")
+    parser.add_argument("--fp16", action="store_true",
+                        help="fp16 weights/compute inside the graph (uint8 in, float32 out); the TensorRT 11 precision")
+    parser.add_argument("--labels", choices=("bilinear", "nearest"), default="bilinear",
+                        help="class ids: bilinear logits then arg-max (exact DiCNet.forward, default) or arg-max at "
+                             "feature resolution + nearest resize (much cheaper at 1280x720)")
+    parser.add_argument("--separate", action="store_true", help="also write teacher / student / score graphs")
+    parser.add_argument("--opset", type=int, default=18, help=f"ONNX opset (>= {MIN_OPSET})")
+    parser.add_argument("--check-parity", type=int, default=0, metavar="N",
+                        help="compare ONNX Runtime with PyTorch on N random images (plus --parity-images)")
+    parser.add_argument("--parity-images", type=Path, nargs="*", default=[],
+                        help="image files or folders (e.g. the sim benchmark) for the parity check")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("dicnet_training", "dicnet_ros"):  # the exporter's own INFO chatter stays quiet
+        logging.getLogger(name).setLevel(logging.INFO)
+    opts = ExportOptions(network_resolution=args.network_resolution, dynamic=args.dynamic,
+                         input_size=args.input_size, fp16=args.fp16, labels=args.labels, separate=args.separate,
+                         opset=args.opset, check_parity=args.check_parity, parity_images=list(args.parity_images))
+    try:
+        result = export_onnx(args.checkpoint, args.out, opts)
+    except (ExportError, RuntimeError, ValueError) as exc:
+        print(f"dicnet export: {exc}")
+        return 1
+    print(f"wrote {result.onnx_path}")
+    if result.separate_manifest:
+        print(f"wrote {result.separate_manifest}")
+    if result.parity:
+        print(f"parity: {json.dumps(result.parity)}")
+    return 0
