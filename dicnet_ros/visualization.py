@@ -1,0 +1,112 @@
+"""Colour maps, class palettes and overlays for people looking at anomaly scores (RViz, bag tools, demo).
+
+Kept apart from inference so that the numbers a model produces never depend on how they are drawn. numpy + cv2
+only; every function returns RGB uint8 (ROS ``rgb8``), never OpenCV's BGR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+_CV_COLORMAPS: dict[str, int] = {
+    "turbo": cv2.COLORMAP_TURBO,
+    "jet": cv2.COLORMAP_JET,
+    "inferno": cv2.COLORMAP_INFERNO,
+    "magma": cv2.COLORMAP_MAGMA,
+    "plasma": cv2.COLORMAP_PLASMA,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+    "hot": cv2.COLORMAP_HOT,
+    "bone": cv2.COLORMAP_BONE,
+}
+COLORMAPS: tuple[str, ...] = (*_CV_COLORMAPS, "gray")
+
+_LUT_CACHE: dict[str, np.ndarray] = {}
+
+
+def colormap_lut(name: str) -> np.ndarray:
+    """(256, 1, 3) uint8 RGB lookup table for ``name`` (a user colour map for ``cv2.applyColorMap``)."""
+    lut = _LUT_CACHE.get(name)
+    if lut is None:
+        ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
+        if name == "gray":
+            lut = np.repeat(ramp[:, :, None], 3, axis=2)
+        elif name in _CV_COLORMAPS:
+            lut = np.ascontiguousarray(cv2.applyColorMap(ramp, _CV_COLORMAPS[name])[:, :, ::-1])
+        else:
+            raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
+        _LUT_CACHE[name] = lut
+    return lut
+
+
+def score_to_uint8(score: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Linear map [lo, hi] -> [0, 255], clipped; NaN -> 0. The colour scale is fixed, not per-image min-max,
+    so the same score has the same colour in every frame."""
+    if not hi > lo:
+        raise ValueError(f"score range must have hi > lo, got [{lo}, {hi}]")
+    scale = 255.0 / (hi - lo)
+    tmp = np.subtract(score, np.float32(lo), dtype=np.float32)
+    np.multiply(tmp, np.float32(scale), out=tmp)
+    np.clip(tmp, 0.0, 255.0, out=tmp)
+    np.nan_to_num(tmp, copy=False, nan=0.0)
+    return (tmp + 0.5).astype(np.uint8)
+
+
+def colorize_score(score: np.ndarray, lo: float, hi: float, colormap: str = "turbo") -> np.ndarray:
+    """(H, W) float score -> (H, W, 3) uint8 RGB, coloured over the fixed range [lo, hi]."""
+    return cv2.applyColorMap(score_to_uint8(score, lo, hi), colormap_lut(colormap))
+
+
+def class_palette(n: int) -> np.ndarray:
+    """(n, 3) uint8 RGB: n well separated, deterministic colours (golden-ratio hue steps)."""
+    if n < 0:
+        raise ValueError("palette size must be >= 0")
+    idx = np.arange(n, dtype=np.float64)
+    hsv = np.zeros((1, n, 3), np.uint8)
+    hsv[0, :, 0] = ((idx * 0.618033988749895) % 1.0 * 180).astype(np.uint8)
+    hsv[0, :, 1] = (170 + (idx % 3) * 40).clip(0, 255).astype(np.uint8)
+    hsv[0, :, 2] = (250 - (idx % 2) * 70).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0] if n else np.zeros((0, 3), np.uint8)
+
+
+def colorize_labels(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 class ids -> (H, W, 3) uint8 RGB; ids beyond the palette (e.g. 255 = ignore) are black."""
+    if labels.dtype != np.uint8:
+        raise ValueError(f"labels must be uint8 class ids, got {labels.dtype}")
+    lut = np.zeros((256, 1, 3), np.uint8)
+    n = min(len(palette), 256)
+    lut[:n, 0] = np.asarray(palette, np.uint8)[:n]
+    return cv2.applyColorMap(np.ascontiguousarray(labels), lut)
+
+
+def overlay(image_rgb: np.ndarray, values: np.ndarray, alpha: float = 0.5,
+            score_range: Sequence[float] | None = None, colormap: str = "turbo",
+            mask_color: Sequence[int] = (255, 0, 0)) -> np.ndarray:
+    """Blend a score map (float, coloured over ``score_range``) or a mask (bool / uint8 0-255) into the image.
+
+    A score is blended everywhere (``alpha`` of the colour); a mask only tints its pixels, so the scene stays
+    readable. ``values`` of another size than the image is resized to it (nearest for masks).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image_rgb.dtype} {image_rgb.shape}")
+    height, width = image_rgb.shape[:2]
+    is_mask = values.dtype == np.bool_ or values.dtype == np.uint8
+    if values.shape[:2] != (height, width):
+        interpolation = cv2.INTER_NEAREST if is_mask else cv2.INTER_LINEAR
+        src = values.view(np.uint8) if values.dtype == np.bool_ else values
+        values = cv2.resize(np.ascontiguousarray(src), (width, height), interpolation=interpolation)
+    image = np.ascontiguousarray(image_rgb)
+    if is_mask:
+        selected = np.ascontiguousarray(values).view(np.uint8)
+        r, g, b = (float(c) * alpha for c in mask_color)
+        tinted = cv2.add(cv2.convertScaleAbs(image, alpha=1.0 - alpha), (r, g, b, 0.0))
+        return cv2.copyTo(tinted, selected, image.copy())
+    lo, hi = score_range if score_range is not None else (float(np.nanmin(values)), float(np.nanmax(values)))
+    if not hi > lo:
+        hi = lo + 1e-6
+    heat = colorize_score(values, lo, hi, colormap)
+    return cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)

@@ -1,0 +1,385 @@
+"""The anomaly node end to end over real DDS (rclpy + Fast DDS from PyPI) with the tiny ONNX model.
+
+The nodes run in this process on a MultiThreadedExecutor in a background thread, next to a tester node that
+publishes camera images and subscribes to every output; messages still go through the RMW / DDS layer.
+Startup failures are checked by running the console entry point as a subprocess (exit code + log line).
+A random ROS_DOMAIN_ID isolates the session from parallel runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.parameter_client import AsyncParameterClient  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import Float32, Header  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
+
+from dicnet_ros.anomaly_node import AnomalyNode  # noqa: E402
+from dicnet_ros.image_conversion import SUPPORTED_ENCODINGS, image_msg_to_array  # noqa: E402
+
+DOMAIN_ID = random.randint(1, 200)
+OUTPUTS = ("anomaly_score", "anomaly_mask", "anomaly_score_color", "overlay", "semantic", "semantic_color")
+RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+RNG = np.random.default_rng(1)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, period: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(period)
+    return predicate()
+
+
+def header(sec: int, frame_id: str = "camera_optical") -> Header:
+    h = Header(frame_id=frame_id)
+    h.stamp.sec, h.stamp.nanosec = sec, 123_456_789
+    return h
+
+
+def image_msg(array: np.ndarray, encoding: str, stamp: int, step_pad: int = 0) -> Image:
+    """Hand-built Image (little endian, optional row padding) of any encoding."""
+    h, w = array.shape[:2]
+    rows = array.reshape(h, -1).view(np.uint8)
+    if step_pad:
+        rows = np.concatenate([rows, np.zeros((h, step_pad), np.uint8)], axis=1)
+    msg = Image(header=header(stamp), height=h, width=w, encoding=encoding, is_bigendian=0, step=rows.shape[1])
+    msg.data = np.ascontiguousarray(rows).tobytes()
+    return msg
+
+
+def random_image(encoding: str, h: int = 17, w: int = 33) -> np.ndarray:
+    channels = {"rgb": 3, "bgr": 3, "rgba": 4, "bgra": 4, "mono": 1}[encoding.rstrip("0123456789")]
+    dtype = np.uint16 if encoding.endswith("16") else np.uint8
+    shape = (h, w) if channels == 1 else (h, w, channels)
+    return RNG.integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+
+
+class Outputs:
+    """Subscriptions to every output of one node, messages kept by topic."""
+
+    def __init__(self, tester: Node, prefix: str):
+        self.lock = threading.Lock()
+        self.msgs: dict[str, list[Any]] = {t: [] for t in (*OUTPUTS, "latency_ms")}
+        self.subs = [tester.create_subscription(Image, f"{prefix}/{t}", self._cb(t), RELIABLE) for t in OUTPUTS]
+        self.subs.append(tester.create_subscription(Float32, f"{prefix}/latency_ms", self._cb("latency_ms"), RELIABLE))
+
+    def _cb(self, topic: str) -> Callable[[Any], None]:
+        def store(msg: Any) -> None:
+            with self.lock:
+                self.msgs[topic].append(msg)
+        return store
+
+    def with_stamp(self, topic: str, sec: int) -> list[Any]:
+        with self.lock:
+            return [m for m in self.msgs[topic] if m.header.stamp.sec == sec]
+
+    def count(self, topic: str) -> int:
+        with self.lock:
+            return len(self.msgs[topic])
+
+
+class Harness:
+    """rclpy context on a random domain + executor thread + tester node + anomaly nodes."""
+
+    def __init__(self) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.tester = Node("node_tester", context=self.context)
+        self.executor.add_node(self.tester)
+        self.nodes: list[AnomalyNode] = []
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        self.diagnostics: list[DiagnosticArray] = []
+        self.tester.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 50)
+
+    def start(self, namespace: str, model: Path, **params: Any) -> tuple[AnomalyNode, Outputs]:
+        overrides = {"model_path": str(model), "backend": "onnxruntime", "device": "cpu", "num_threads": 1,
+                     "publish_semantic": True, **params}
+        node = AnomalyNode(context=self.context, namespace=namespace,
+                           parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        outputs = Outputs(self.tester, f"/{namespace}/anomaly_node")
+        # lazy colour outputs need our subscriptions matched before the first frame
+        assert wait_until(lambda: all(node.count_subscribers(f"/{namespace}/anomaly_node/{t}") > 0 for t in OUTPUTS))
+        return node, outputs
+
+    def publisher(self, msg_type: Any, topic: str, reliable: bool = True) -> Any:
+        qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE if reliable else
+                         ReliabilityPolicy.BEST_EFFORT)
+        pub = self.tester.create_publisher(msg_type, topic, qos)
+        assert wait_until(lambda: pub.get_subscription_count() > 0), f"nobody subscribes {topic}"
+        return pub
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        for node in self.nodes:
+            node.close()
+        self.tester.destroy_node()
+        rclpy.shutdown(context=self.context)
+        self.thread.join(timeout=5.0)
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[Harness]:
+    os.environ["ROS_DOMAIN_ID"] = str(DOMAIN_ID)  # for the subprocess tests
+    h = Harness()
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def main_node(harness: Harness, tiny_onnx: Path) -> tuple[AnomalyNode, Outputs, Any]:
+    node, outputs = harness.start("cam_main", tiny_onnx)
+    pub = harness.publisher(Image, "/cam_main/anomaly_node/image")
+    return node, outputs, pub
+
+
+def send(pub: Any, msg: Any, outputs: Outputs, topic: str = "anomaly_mask", timeout: float = 10.0) -> Any:
+    """Publish until the output with this stamp arrives (the input is best effort: re-send like a camera)."""
+    sec = msg.header.stamp.sec
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pub.publish(msg)
+        got = wait_until(lambda: outputs.with_stamp(topic, sec), timeout=1.0)
+        if got:
+            return got[-1]
+    raise AssertionError(f"no {topic} for stamp {sec}")
+
+
+def check_outputs(node: AnomalyNode, outputs: Outputs, sec: int, size: tuple[int, int],
+                  frame_id: str = "camera_optical") -> None:
+    """Every output for frame ``sec`` is there, with the input header, encoding, size and consistent values."""
+    expected = {"anomaly_score": "32FC1", "anomaly_mask": "mono8", "anomaly_score_color": "rgb8", "overlay": "rgb8",
+                "semantic": "mono8", "semantic_color": "rgb8"}
+    msgs = {t: wait_until(lambda t=t: outputs.with_stamp(t, sec), timeout=5.0) for t in expected}
+    for topic, encoding in expected.items():
+        assert msgs[topic], f"no {topic} for stamp {sec}"
+        msg = msgs[topic][-1]
+        assert msg.encoding == encoding, topic
+        assert (msg.height, msg.width) == size, topic
+        assert msg.header.stamp.sec == sec and msg.header.stamp.nanosec == 123_456_789, topic
+        assert msg.header.frame_id == frame_id, topic
+    score = image_msg_to_array(msgs["anomaly_score"][-1])
+    mask = image_msg_to_array(msgs["anomaly_mask"][-1])
+    assert score.dtype == np.float32 and np.isfinite(score).all()
+    np.testing.assert_array_equal(mask, (score > node.model.threshold).astype(np.uint8) * 255)
+    assert set(np.unique(mask)) <= {0, 255}
+    labels = image_msg_to_array(msgs["semantic"][-1])
+    assert labels.max() < node.model.metadata.num_classes
+
+
+def test_every_encoding(main_node: tuple) -> None:
+    node, outputs, pub = main_node
+    for i, encoding in enumerate(SUPPORTED_ENCODINGS):
+        sec = 100 + i
+        send(pub, image_msg(random_image(encoding), encoding, sec, step_pad=4 if i % 2 else 0), outputs)
+        check_outputs(node, outputs, sec, (17, 33))
+    assert wait_until(lambda: outputs.count("latency_ms") >= len(SUPPORTED_ENCODINGS))
+    sec = 150
+    send(pub, image_msg(random_image("rgb8", 48, 64), "rgb8", sec), outputs)
+    check_outputs(node, outputs, sec, (48, 64))
+
+
+def test_bad_messages_are_skipped_and_counted(main_node: tuple, harness: Harness) -> None:
+    node, outputs, pub = main_node
+    good = random_image("rgb8")
+    bad = [image_msg(good, "yuv422", 200), image_msg(good, "rgb8", 201), image_msg(good, "rgb8", 202),
+           image_msg(random_image("mono16"), "mono16", 203)]
+    bad[1].step = 33 * 3 - 1  # step too small
+    bad[2].data = bad[2].data[:-10]  # data too short
+    bad[3].step = 33 * 2 + 1  # 16-bit step not a multiple of 2
+    for msg in bad:
+        before = node.stats()["dropped_bad"]
+        for _ in range(20):  # best effort: re-send until the node has seen it
+            pub.publish(msg)
+            if wait_until(lambda before=before: node.stats()["dropped_bad"] > before, timeout=0.5):
+                break
+        assert node.stats()["dropped_bad"] > before, msg.encoding
+    assert not outputs.with_stamp("anomaly_mask", 200)
+    send(pub, image_msg(good, "rgb8", 210), outputs)  # still alive
+    assert node.stats()["errors"] == 0
+
+    def reported() -> bool:
+        for array in list(harness.diagnostics):
+            for status in array.status:
+                values = {kv.key: kv.value for kv in status.values}
+                if status.name.startswith("/cam_main/anomaly_node") and int(values.get("dropped_bad", 0)) >= 4:
+                    assert values["backend"] == "onnxruntime" and values["device"] == "cpu"
+                    assert {"fps", "latency_p50_ms", "latency_p95_ms", "inference_p50_ms", "dropped_stale",
+                            "dropped_queue", "dropped_too_old", "model"} <= set(values)
+                    return True
+        return False
+
+    assert wait_until(reported, timeout=5.0), "dropped_bad not reported on /diagnostics"
+
+
+def test_burst_leaves_no_backlog(main_node: tuple) -> None:
+    node, outputs, pub = main_node
+    frame = random_image("bgr8", 360, 640)
+    first, n = 1000, 100
+    msgs = [image_msg(frame, "bgr8", first + i) for i in range(n)]
+    before = node.stats()
+    for msg in msgs:
+        pub.publish(msg)
+    last = wait_until(lambda: outputs.with_stamp("anomaly_mask", first + n - 1), timeout=15.0)
+    assert last, "the newest frame of the burst was not processed"
+    time.sleep(0.5)
+    processed = {m.header.stamp.sec for m in outputs.msgs["anomaly_mask"] if first <= m.header.stamp.sec < first + n}
+    after = node.stats()
+    assert len(processed) < n // 2, f"processed {len(processed)} of {n}: a backlog"
+    dropped = sum(after[k] - before[k] for k in ("dropped_stale", "dropped_queue"))
+    assert dropped >= n - len(processed) - 5, (after, before)  # (a few may be lost on the wire: best effort)
+    assert max(processed) == first + n - 1
+    # nothing after the newest frame: the last output is the newest input
+    assert outputs.msgs["anomaly_mask"][-1].header.stamp.sec == first + n - 1
+
+
+def test_enable_service(main_node: tuple, harness: Harness) -> None:
+    node, outputs, pub = main_node
+    client = harness.tester.create_client(SetBool, "/cam_main/anomaly_node/enable")
+    assert client.wait_for_service(timeout_sec=5.0)
+
+    def call(value: bool) -> Any:
+        future = client.call_async(SetBool.Request(data=value))
+        assert wait_until(future.done, timeout=5.0)
+        return future.result()
+
+    assert call(False).success
+    paused_before = node.stats()["dropped_paused"]
+    msg = image_msg(random_image("rgb8"), "rgb8", 300)
+    for _ in range(5):
+        pub.publish(msg)
+        time.sleep(0.1)
+    assert wait_until(lambda: node.stats()["dropped_paused"] > paused_before, timeout=3.0)
+    time.sleep(0.3)
+    assert not outputs.with_stamp("anomaly_mask", 300)
+    assert call(True).success
+    send(pub, image_msg(random_image("rgb8"), "rgb8", 301), outputs)
+
+
+def test_threshold_parameter_changes_the_mask(main_node: tuple, harness: Harness) -> None:
+    node, outputs, pub = main_node
+    client = AsyncParameterClient(harness.tester, "/cam_main/anomaly_node")
+    assert client.wait_for_services(timeout_sec=5.0)
+    default = node.model.threshold
+
+    def set_params(**values: Any) -> list[Any]:
+        future = client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+        assert wait_until(future.done, timeout=5.0)
+        return future.result().results
+
+    assert set_params(threshold=-1e9)[0].successful
+    mask = image_msg_to_array(send(pub, image_msg(random_image("rgb8"), "rgb8", 400), outputs))
+    assert (mask == 255).all()
+    assert set_params(threshold=1e9)[0].successful
+    mask = image_msg_to_array(send(pub, image_msg(random_image("rgb8"), "rgb8", 401), outputs))
+    assert (mask == 0).all()
+    rejected = set_params(overlay_alpha=1.7)[0]
+    assert not rejected.successful and "overlay_alpha" in rejected.reason
+    rejected = set_params(colormap="rainbowish")[0]
+    assert not rejected.successful and "colormap" in rejected.reason
+    rejected = set_params(backend="torch")[0]  # read-only at run time
+    assert not rejected.successful
+    assert set_params(threshold=math.nan)[0].successful  # back to the model's calibrated threshold
+    assert node.model.threshold == pytest.approx(default)
+
+
+def test_max_age_drops_old_frames(main_node: tuple, harness: Harness) -> None:
+    node, outputs, pub = main_node
+    client = AsyncParameterClient(harness.tester, "/cam_main/anomaly_node")
+    assert client.wait_for_services(timeout_sec=5.0)
+    future = client.set_parameters([Parameter("max_age_ms", value=500.0)])
+    assert wait_until(future.done, timeout=5.0) and future.result().results[0].successful
+    try:
+        before = node.stats()["dropped_too_old"]
+        old = image_msg(random_image("rgb8"), "rgb8", 500)  # stamp 500 s after the epoch: very old
+        for _ in range(10):
+            pub.publish(old)
+            if wait_until(lambda: node.stats()["dropped_too_old"] > before, timeout=0.5):
+                break
+        assert node.stats()["dropped_too_old"] > before
+        fresh = image_msg(random_image("rgb8"), "rgb8", 0)
+        fresh.header.stamp = node.get_clock().now().to_msg()
+        fresh_sec = fresh.header.stamp.sec
+        pub.publish(fresh)
+        assert wait_until(lambda: outputs.with_stamp("anomaly_mask", fresh_sec), timeout=5.0)
+    finally:
+        future = client.set_parameters([Parameter("max_age_ms", value=0.0)])
+        wait_until(future.done, timeout=5.0)
+
+
+def test_network_resolution(harness: Harness, tiny_onnx: Path) -> None:
+    node, outputs = harness.start("cam_net", tiny_onnx, output_resolution="network")
+    pub = harness.publisher(Image, "/cam_net/anomaly_node/image")
+    pre = node.model.metadata.preprocess_config
+    send(pub, image_msg(random_image("bgr8", 17, 33), "bgr8", 600), outputs)
+    check_outputs(node, outputs, 600, (pre.height, pre.width))
+
+
+def test_compressed_input_and_qos_warning(harness: Harness, tiny_onnx: Path) -> None:
+    node, outputs = harness.start("cam_jpeg", tiny_onnx, image_transport="compressed", input_qos="reliable")
+    topic = "/cam_jpeg/anomaly_node/image/compressed"
+    pub = harness.publisher(CompressedImage, topic)
+    rgb = random_image("rgb8", 40, 56)
+    ok, jpeg = cv2.imencode(".jpg", rgb[:, :, ::-1])
+    assert ok
+    msg = CompressedImage(header=header(700), format="jpeg")
+    msg.data = jpeg.tobytes()
+    send(pub, msg, outputs)
+    check_outputs(node, outputs, 700, (40, 56))
+    # a best-effort camera against this reliable subscription: the node must say so and how to fix it
+    harness.tester.create_publisher(CompressedImage, topic, QoSProfile(depth=1,
+                                                                       reliability=ReliabilityPolicy.BEST_EFFORT))
+    problems = wait_until(lambda: " ".join(node._qos_problems.values()), timeout=10.0)
+    assert "RELIABILITY" in problems or "BEST_EFFORT" in problems
+    assert "input_qos" in problems
+
+
+def run_node_process(*ros_args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN_ID), "PYTHONUNBUFFERED": "1"}
+    code = "import sys; from dicnet_ros.anomaly_node import main; sys.exit(main())"
+    return subprocess.run([sys.executable, "-c", code, "--ros-args", *ros_args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("-p", "model_path:=/nonexistent/model.onnx"), "model file not found: /nonexistent/model.onnx"),
+    (("-p", "model_path:={corrupt}", "-p", "backend:=onnxruntime"), "cannot load model"),
+    (("-p", "model_path:={tiny}", "-p", "overlay_alpha:=1.7"), "parameter 'overlay_alpha' must be in [0, 1], got 1.7"),
+    (("-p", "model_path:={tiny}", "-p", "backend:=tensorrt"), "backend 'tensorrt'"),
+])
+def test_startup_errors_exit_cleanly(args: tuple[str, ...], expected: str, tiny_onnx: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07 definitely not protobuf" * 10)
+    args = tuple(a.format(corrupt=corrupt, tiny=tiny_onnx) for a in args)
+    proc = run_node_process(*args)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    assert expected in output, output
+    assert "Traceback" not in output, output

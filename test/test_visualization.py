@@ -1,0 +1,80 @@
+"""Colour maps, palettes and overlays: RGB order, fixed score scale, shapes and dtypes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dicnet_ros.visualization import (
+    COLORMAPS,
+    class_palette,
+    colorize_labels,
+    colorize_score,
+    colormap_lut,
+    overlay,
+    score_to_uint8,
+)
+
+
+@pytest.mark.parametrize("name", COLORMAPS)
+def test_colormaps_are_rgb_luts(name: str) -> None:
+    lut = colormap_lut(name)
+    assert lut.shape == (256, 1, 3) and lut.dtype == np.uint8
+
+
+def test_turbo_is_rgb_not_bgr() -> None:
+    score = np.array([[0.0, 1.0]], np.float32)
+    rgb = colorize_score(score, 0.0, 1.0, "turbo")
+    low, high = rgb[0, 0], rgb[0, 1]
+    assert low[2] > low[0]  # turbo starts dark blue/purple
+    assert high[0] > high[2]  # and ends dark red
+
+
+def test_score_scale_is_fixed_and_clipped() -> None:
+    score = np.array([[-1.0, 0.0, 0.5, 1.0, 7.0, np.nan]], np.float32)
+    assert score_to_uint8(score, 0.0, 1.0).tolist() == [[0, 0, 128, 255, 255, 0]]
+    with pytest.raises(ValueError):
+        score_to_uint8(score, 1.0, 1.0)
+
+
+def test_colorize_score_shape() -> None:
+    out = colorize_score(np.random.default_rng(0).random((17, 33), dtype=np.float32), 0.0, 1.0, "gray")
+    assert out.shape == (17, 33, 3) and out.dtype == np.uint8
+    assert (out[..., 0] == out[..., 1]).all()
+    with pytest.raises(ValueError, match="unknown colormap"):
+        colorize_score(np.zeros((2, 2), np.float32), 0, 1, "nope")
+
+
+def test_palette_and_labels() -> None:
+    palette = class_palette(13)
+    assert palette.shape == (13, 3) and palette.dtype == np.uint8
+    assert len({tuple(c) for c in palette}) == 13
+    np.testing.assert_array_equal(class_palette(13), palette)  # deterministic
+    labels = np.array([[0, 12], [255, 3]], np.uint8)
+    out = colorize_labels(labels, palette)
+    assert out[0, 0].tolist() == palette[0].tolist() and out[0, 1].tolist() == palette[12].tolist()
+    assert out[1, 0].tolist() == [0, 0, 0]  # ignore id -> black
+    assert class_palette(0).shape == (0, 3)
+
+
+def test_overlay_score_and_mask() -> None:
+    image = np.full((17, 33, 3), 100, np.uint8)
+    score = np.zeros((17, 33), np.float32)
+    assert (overlay(image, score, alpha=0.0, score_range=(0, 1)) == image).all()
+    mask = np.zeros((17, 33), bool)
+    mask[3:6, 4:9] = True
+    out = overlay(image, mask, alpha=0.5, mask_color=(255, 0, 0))
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    assert out[4, 5].tolist() == [178, 50, 50]
+    assert out[0, 0].tolist() == [100, 100, 100]
+    mask255 = mask.astype(np.uint8) * 255
+    np.testing.assert_array_equal(overlay(image, mask255, alpha=0.5), out)
+
+
+def test_overlay_resizes_values_to_the_image() -> None:
+    image = np.zeros((20, 40, 3), np.uint8)
+    small = np.ones((5, 10), np.float32)
+    assert overlay(image, small, alpha=1.0, score_range=(0, 1)).shape == (20, 40, 3)
+    assert overlay(image, np.ones((5, 10), bool), alpha=1.0).shape == (20, 40, 3)
+    with pytest.raises(ValueError, match="alpha"):
+        overlay(image, small, alpha=1.5)
