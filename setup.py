@@ -32,7 +32,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]) + ["dicnet_training", "dicnet_training.configs"],
+    packages=[*find_packages(include=[PACKAGE, f"{PACKAGE}.*"]), "dicnet_training", "dicnet_training.configs"],
     package_dir={"dicnet_training": "training"},
     package_data={"dicnet_training.configs": ["*.yaml"], PACKAGE: ["py.typed"]},
     data_files=[

@@ -47,6 +47,7 @@ from dicnet_ros.image_conversion import (
 )
 from dicnet_ros.inference.base import BACKENDS, AnomalyModel, BackendUnavailableError, ModelLoadError
 from dicnet_ros.inference.metadata import MetadataError
+from dicnet_ros.resources import package_file
 from dicnet_ros.visualization import COLORMAPS, class_palette, colorize_labels, colorize_score, overlay
 
 NODE_NAME = "anomaly_node"
@@ -85,6 +86,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_overlay", True, "Publish ~/overlay (rgb8, only while subscribed).", dynamic=True),
     ParamSpec("publish_semantic", False, "Publish ~/semantic (mono8 class ids) and ~/semantic_color (rgb8, only "
               "while subscribed) when the model has a segmentation head."),
+    ParamSpec("publish_msp", False, "Publish ~/msp_score (32FC1): the teacher's max-softmax baseline map, for "
+              "comparing DiCNet with the classic baseline on the same frames (if the model exports it)."),
     ParamSpec("overlay_source", "score", "What ~/overlay blends into the image: the score colour map or the mask.",
               choices=("score", "mask"), dynamic=True),
     ParamSpec("colormap", "turbo", "Colour map of ~/anomaly_score_color and the score overlay.", choices=COLORMAPS,
@@ -149,16 +152,8 @@ def validate_parameter(name: str, value: Any) -> Any:
 
 
 def default_model_path() -> Path:
-    """The package's default model: share/dicnet_ros/models (ament index) if installed, else the source tree."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidate = Path(get_package_share_directory(PACKAGE)) / "models" / DEFAULT_MODEL_NAME
-        if candidate.exists():
-            return candidate
-    except Exception:  # ament_index not installed or package not in the index
-        pass
-    return Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME
+    """The package's default model: share/dicnet_ros/models (ament index or pip prefix), else the source tree."""
+    return package_file(f"models/{DEFAULT_MODEL_NAME}")
 
 
 def open_model(model_path: str, backend: str, device: str, engine_cache_dir: str = "",
@@ -352,6 +347,7 @@ class AnomalyNode(Node):
         self._pub_overlay = pub(Image, "~/overlay") if self._p["publish_overlay"] else None
         self._pub_semantic = pub(Image, "~/semantic") if self._p["publish_semantic"] else None
         self._pub_semantic_color = pub(Image, "~/semantic_color") if self._p["publish_semantic"] else None
+        self._pub_msp = pub(Image, "~/msp_score") if self._p["publish_msp"] else None
         self._pub_latency = self.create_publisher(Float32, "~/latency_ms", out_qos)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
@@ -530,6 +526,7 @@ class AnomalyNode(Node):
             model_input = cv2.resize(image, self._fixed_input, interpolation=cv2.INTER_LINEAR)
         result = self._model.infer(model_input)
         self._publish(*self._at_size(result, image.shape[:2]), image, header)
+        self._publish_msp(result, image.shape[:2], header)
         now_ns = self.get_clock().now().nanoseconds
         latency_ms = (now_ns - stamp_ns) / 1e6 if stamp_ns > 0 else (time.monotonic() - received_at) * 1e3
         self._pub_latency.publish(Float32(data=float(latency_ms)))
@@ -555,6 +552,19 @@ class AnomalyNode(Node):
         if labels is not None:
             labels = cv2.resize(np.ascontiguousarray(labels, np.uint8), dsize, interpolation=cv2.INTER_NEAREST)
         return score, mask, labels
+
+    def _publish_msp(self, result: Any, size: tuple[int, int], header: Any) -> None:
+        """The baseline map beside the score, when asked for and the model has it."""
+        pub = self._pub_msp
+        if pub is None or pub.get_subscription_count() == 0:
+            return
+        msp = result.extras.get("msp")
+        if msp is None:
+            self.get_logger().warning("publish_msp is set but the model exports no msp_score output", once=True)
+            return
+        if msp.shape[:2] != tuple(size):
+            msp = cv2.resize(msp, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+        pub.publish(array_to_image_msg(np.ascontiguousarray(msp, np.float32), "32FC1", header))
 
     def _publish(self, score: np.ndarray, mask_bool: np.ndarray, labels: np.ndarray | None, image: np.ndarray,
                  header: Any) -> None:

@@ -24,11 +24,11 @@ def _metadata(path: Path) -> ModelMetadata:
     return ModelMetadata.from_json(props[METADATA_KEY])
 
 
-def _torch_out(checkpoint: Path, image: np.ndarray, network_resolution: bool = False):
+def _torch_out(checkpoint: Path, image: np.ndarray, network_resolution: bool = False, labels: str = "network"):
     model, _, _ = model_from_checkpoint(checkpoint)
     with torch.no_grad():
-        out = model(torch.from_numpy(image)[None], network_resolution=network_resolution)
-    return out.anomaly_score[0].numpy(), out.semantic_labels[0].numpy()
+        out = model(torch.from_numpy(image)[None], network_resolution=network_resolution, labels=labels)
+    return out.anomaly_score[0].numpy(), out.semantic_labels[0].numpy(), out.msp_score[0].numpy()
 
 
 def test_fused_graph_io_checker_and_metadata(tiny_onnx: Path, tiny_checkpoint: Path) -> None:
@@ -38,7 +38,8 @@ def test_fused_graph_io_checker_and_metadata(tiny_onnx: Path, tiny_checkpoint: P
     (inp,) = model.graph.input
     assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     outs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
-    assert outs == {"anomaly_score": onnx.TensorProto.FLOAT, "semantic_labels": onnx.TensorProto.UINT8}
+    assert outs == {"anomaly_score": onnx.TensorProto.FLOAT, "semantic_labels": onnx.TensorProto.UINT8,
+                    "msp_score": onnx.TensorProto.FLOAT}
     meta = _metadata(tiny_onnx)
     _, ckpt_meta, raw = model_from_checkpoint(tiny_checkpoint)
     assert meta.class_names == ckpt_meta.class_names
@@ -54,12 +55,13 @@ def test_fused_graph_io_checker_and_metadata(tiny_onnx: Path, tiny_checkpoint: P
 @pytest.mark.parametrize("size", [(96, 64), (200, 120), (57, 64)])
 def test_parity_fp32_at_several_input_sizes(tiny_onnx: Path, tiny_checkpoint: Path, size: tuple[int, int]) -> None:
     image = np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    ref_score, ref_labels = _torch_out(tiny_checkpoint, image)
-    score, labels = OrtModel(tiny_onnx, device="cpu")._run(image)
+    ref_score, ref_labels, ref_msp = _torch_out(tiny_checkpoint, image)
+    score, labels, extras = OrtModel(tiny_onnx, device="cpu")._run(image)
     assert score.shape == (size[1], size[0]) and score.dtype == np.float32
     assert labels.dtype == np.uint8
     assert np.abs(score - ref_score).max() <= 1e-4 * np.abs(ref_score).max()
     assert (labels == ref_labels).mean() > 0.999
+    assert extras["msp"].shape == score.shape and np.abs(extras["msp"] - ref_msp).max() < 1e-4
 
 
 def test_fixed_size_network_resolution_export(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -69,7 +71,7 @@ def test_fixed_size_network_resolution_export(tiny_checkpoint: Path, tmp_path: P
     meta = _metadata(result.onnx_path)
     assert meta.export["input_size"] == [160, 90] and meta.export["output_resolution"] == "network"
     model = OrtModel(result.onnx_path, device="cpu")
-    score, labels = model._run(np.zeros((90, 160, 3), np.uint8))
+    score, labels, _ = model._run(np.zeros((90, 160, 3), np.uint8))
     assert score.shape == labels.shape == (64, 96)
     with pytest.raises(ValueError, match="160x90"):
         model._run(np.zeros((64, 96, 3), np.uint8))
@@ -87,8 +89,9 @@ def test_separate_graphs_match_fused(tiny_checkpoint: Path, tmp_path: Path) -> N
     fused, separate = OrtModel(result.onnx_path, "cpu"), OrtModel(manifest.parent, "cpu")
     assert separate.form == "separate" and separate.metadata.threshold == fused.metadata.threshold
     for image in images:
-        (a, la), (b, lb) = fused._run(image), separate._run(image)
+        (a, la, ea), (b, lb, eb) = fused._run(image), separate._run(image)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(ea["msp"], eb["msp"], rtol=1e-5, atol=1e-6)
         assert (la == lb).all()
 
 
@@ -116,12 +119,13 @@ def test_cli_export_with_parity(tiny_checkpoint: Path, tmp_path: Path, capsys: p
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--opset", "13"]) == 1
 
 
-def test_nearest_labels_export_matches_torch_backend(tiny_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("labels", ["nearest", "bilinear"])
+def test_label_modes_export_matches_torch_backend(tiny_checkpoint: Path, tmp_path: Path, labels: str) -> None:
     from dicnet_ros.inference import load_model
 
-    result = export_onnx(tiny_checkpoint, tmp_path / "n.onnx", ExportOptions(labels="nearest", input_size=(150, 100),
+    result = export_onnx(tiny_checkpoint, tmp_path / "n.onnx", ExportOptions(labels=labels, input_size=(150, 100),
                                                                             check_parity=1))
-    assert _metadata(result.onnx_path).export["labels"] == "nearest" and result.parity["min_label_agreement"] == 1.0
+    assert _metadata(result.onnx_path).export["labels"] == labels and result.parity["min_label_agreement"] == 1.0
     image = np.random.default_rng(5).integers(0, 256, (100, 150, 3), dtype=np.uint8)
     a = load_model(result.onnx_path, "onnxruntime", "cpu").infer(image)
     b = load_model(result.onnx_path, "torch", "cpu").infer(image)  # mimics the export's label mode

@@ -342,6 +342,23 @@ def test_network_resolution(harness: Harness, tiny_onnx: Path) -> None:
     check_outputs(node, outputs, 600, (pre.height, pre.width))
 
 
+def test_msp_baseline_topic(harness: Harness, tiny_onnx: Path) -> None:
+    node, outputs = harness.start("cam_msp", tiny_onnx, publish_msp=True)
+    got: list[Any] = []
+    harness.tester.create_subscription(Image, "/cam_msp/anomaly_node/msp_score", got.append, RELIABLE)
+    assert wait_until(lambda: node.count_subscribers("/cam_msp/anomaly_node/msp_score") > 0)
+    pub = harness.publisher(Image, "/cam_msp/anomaly_node/image")
+    rgb = random_image("rgb8", 40, 56)
+    send(pub, image_msg(rgb, "rgb8", 700), outputs)
+    assert wait_until(lambda: any(m.header.stamp.sec == 700 for m in got))
+    msg = next(m for m in got if m.header.stamp.sec == 700)
+    assert msg.encoding == "32FC1" and (msg.height, msg.width) == (40, 56)
+    msp = image_msg_to_array(msg)
+    expected = node.model.infer(rgb).extras["msp"]
+    np.testing.assert_allclose(msp, expected, atol=1e-5)
+    assert 0.0 <= msp.min() and msp.max() <= 1.0
+
+
 def test_compressed_input_and_qos_warning(harness: Harness, tiny_onnx: Path) -> None:
     node, outputs = harness.start("cam_jpeg", tiny_onnx, image_transport="compressed", input_qos="reliable")
     topic = "/cam_jpeg/anomaly_node/image/compressed"

@@ -29,13 +29,13 @@ from torch import nn
 
 from dicnet_ros.inference.metadata import METADATA_KEY, ModelMetadata
 from dicnet_ros.model.checkpoint import model_from_checkpoint
-from dicnet_ros.model.dicnet import DiCNet
-from dicnet_ros.preprocessing import parse_size, restore_size
+from dicnet_ros.model.dicnet import LABEL_MODES, DiCNet
+from dicnet_ros.preprocessing import parse_size
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("anomaly_score", "semantic_labels")
+OUTPUT_NAMES = ("anomaly_score", "semantic_labels", "msp_score")
 SEPARATE_FORMAT = "dicnet-separate/1"
 MIN_OPSET = 17
 FP32_PARITY_RTOL = 1e-4
@@ -48,46 +48,30 @@ class ExportError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------- wrappers
 class FusedGraph(nn.Module):
-    """image uint8 (N, H, W, 3) -> (anomaly_score float32 (N, H', W'), semantic_labels uint8 (N, H', W')).
+    """image uint8 (N, H, W, 3) -> anomaly_score float32, semantic_labels uint8, msp_score float32 (N, H', W').
 
     fp32 calls ``DiCNet.forward`` itself (the one definition); fp16 runs the two branches in half precision
-    and scores in fp32 with the same functions, so input stays uint8 and the score float32.
+    and post-processes in fp32 with the same ``DiCNet.outputs``, so input stays uint8 and the score float32.
     """
 
-    def __init__(self, model: DiCNet, network_resolution: bool = False, fp16: bool = False, labels: str = "bilinear"):
+    def __init__(self, model: DiCNet, network_resolution: bool = False, fp16: bool = False, labels: str = "network"):
         super().__init__()
         self.model = model
         self.network_resolution = network_resolution
         self.fp16 = fp16
         self.labels = labels
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = self.model
         if not self.fp16:
-            out = m(image, network_resolution=self.network_resolution)
-            if self.labels == "nearest":  # the bilinear labels of forward() are then pruned from the graph
-                size = None if self.network_resolution else tuple(image.shape[1:3])
-                return out.anomaly_score, nearest_labels(out.logits, m, size)
-            return out.anomaly_score, out.semantic_labels.to(torch.uint8)
-        x = m.network_input(image).half()
-        t = m.teacher(x)
-        s = m.student(x)
-        size = None if self.network_resolution else tuple(image.shape[1:3])
-        score = restore_size(m.score_features(t.feature.float(), s.float()), m.preprocess_config, size)
-        if self.labels == "nearest":
-            return score[:, 0], nearest_labels(t.logits.float(), m, size)
-        labels = restore_size(t.logits.float(), m.preprocess_config, size).argmax(dim=1)
-        return score[:, 0], labels.to(torch.uint8)
-
-
-def nearest_labels(logits: torch.Tensor, model: DiCNet, size: tuple[int, int] | None) -> torch.Tensor:
-    """Class ids by arg-max at feature resolution, then nearest resize (``restore_size(mode='nearest')``).
-
-    The cheap alternative to upsampling all K logit channels bilinearly before the arg-max, which dominates
-    CPU time at 1280x720 for light models; ids differ only along class boundaries. Opt-in (--labels nearest).
-    """
-    ids = logits.argmax(dim=1, keepdim=True).to(torch.float32)
-    return restore_size(ids, model.preprocess_config, size, mode="nearest")[:, 0].to(torch.uint8)
+            out = m(image, network_resolution=self.network_resolution, labels=self.labels)
+        else:
+            x = m.network_input(image).half()
+            t = m.teacher(x)
+            s = m.student(x)
+            size = None if self.network_resolution else tuple(image.shape[1:3])
+            out = m.outputs(t.feature.float(), s.float(), t.logits, size, self.labels)
+        return out.anomaly_score, out.semantic_labels.to(torch.uint8), out.msp_score
 
 
 class TeacherGraph(nn.Module):
@@ -118,23 +102,20 @@ class StudentGraph(nn.Module):
 
 
 class ScoreGraph(nn.Module):
-    """(teacher_feature, student_feature, teacher_logits, image) -> score + labels; ``image`` only gives the size."""
+    """(teacher_feature, student_feature, teacher_logits, image) -> the fused graph's outputs; ``image`` gives the
+    size only. Exported from ``DiCNet.outputs``, so the separate form scores exactly like the fused one."""
 
-    def __init__(self, model: DiCNet, network_resolution: bool = False, labels: str = "bilinear"):
+    def __init__(self, model: DiCNet, network_resolution: bool = False, labels: str = "network"):
         super().__init__()
         self.model = model
         self.network_resolution = network_resolution
         self.labels = labels
 
     def forward(self, teacher_feature: torch.Tensor, student_feature: torch.Tensor, teacher_logits: torch.Tensor,
-                image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
+                image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         size = None if self.network_resolution else tuple(image.shape[1:3])
-        score = restore_size(m.score_features(teacher_feature, student_feature), m.preprocess_config, size)
-        if self.labels == "nearest":
-            return score[:, 0], nearest_labels(teacher_logits, m, size)
-        labels = restore_size(teacher_logits, m.preprocess_config, size).argmax(dim=1)
-        return score[:, 0], labels.to(torch.uint8)
+        out = self.model.outputs(teacher_feature, student_feature, teacher_logits, size, self.labels)
+        return out.anomaly_score, out.semantic_labels.to(torch.uint8), out.msp_score
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -146,7 +127,7 @@ class ExportOptions:
     dynamic: bool = False
     input_size: tuple[int, int] | None = None  # (width, height); None = the network size
     fp16: bool = False
-    labels: str = "bilinear"  # "bilinear": upsample logits then arg-max (DiCNet.forward); "nearest": cheap ids
+    labels: str = "network"  # where class ids / MSP are taken: see DiCNet.outputs (LABEL_MODES)
     separate: bool = False
     opset: int = 18
     check_parity: int = 0
@@ -242,8 +223,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
     example = _example_input(model, opts)
     dyn = {INPUT_NAME: {0: "batch", 1: "height", 2: "width"}} if opts.dynamic else {}
     start = time.perf_counter()
-    if opts.labels not in ("bilinear", "nearest"):
-        raise ExportError(f"labels must be 'bilinear' or 'nearest', got {opts.labels!r}")
+    if opts.labels not in LABEL_MODES:
+        raise ExportError(f"labels must be one of {', '.join(LABEL_MODES)}, got {opts.labels!r}")
     exporter = _onnx_export(FusedGraph(export_model, opts.network_resolution, opts.fp16, opts.labels), (example,), out,
                             [INPUT_NAME], list(OUTPUT_NAMES), dyn, opts.opset)
     in_size = None if opts.dynamic else list(opts.input_size or (pre.width, pre.height))
@@ -258,7 +239,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
         "output_resolution": "network" if opts.network_resolution else "input",
         "labels": opts.labels,
         "inputs": {INPUT_NAME: "uint8 (N, H, W, 3) RGB"},
-        "outputs": {"anomaly_score": "float32 (N, H, W)", "semantic_labels": "uint8 (N, H, W)"},
+        "outputs": {"anomaly_score": "float32 (N, H, W)", "semantic_labels": "uint8 (N, H, W)",
+                    "msp_score": "float32 (N, H, W), 1 - max softmax of the teacher (baseline)"},
         "checkpoint_sha256": _sha256(checkpoint),
         "torch_version": torch.__version__,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -362,13 +344,10 @@ def check_parity(model: DiCNet, onnx_path: Path, images: list[np.ndarray], opts:
     worst, agreement = 0.0, 1.0
     for image in images:
         with torch.no_grad():
-            ref = model(torch.from_numpy(image)[None], network_resolution=opts.network_resolution)
-        score, labels = ort_model._run(image)
+            ref = model(torch.from_numpy(image)[None], network_resolution=opts.network_resolution, labels=opts.labels)
+        score, labels, _ = ort_model._run(image)
         ref_score = ref.anomaly_score[0].numpy()
         ref_labels = ref.semantic_labels
-        if opts.labels == "nearest":
-            size = None if opts.network_resolution else image.shape[:2]
-            ref_labels = nearest_labels(ref.logits, model, size)
         rel = float(np.abs(score - ref_score).max() / max(float(np.abs(ref_score).max()), 1e-12))
         worst = max(worst, rel)
         agreement = min(agreement, float((labels == ref_labels[0].numpy()).mean()))
@@ -390,9 +369,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fixed input size WxH (default: the network size); ignored with --dynamic")
     parser.add_argument("--fp16", action="store_true",
                         help="fp16 weights/compute inside the graph (uint8 in, float32 out); the TensorRT 11 precision")
-    parser.add_argument("--labels", choices=("bilinear", "nearest"), default="bilinear",
-                        help="class ids: bilinear logits then arg-max (exact DiCNet.forward, default) or arg-max at "
-                             "feature resolution + nearest resize (much cheaper at 1280x720)")
+    parser.add_argument("--labels", choices=LABEL_MODES, default="network",
+                        help="where class ids and the MSP map are taken (the anomaly score never changes): network "
+                             "size then resized (default), bilinear = logits upsampled to the output size first "
+                             "(exact anomaly-seg protocol, slow at 1280x720), nearest = feature resolution")
     parser.add_argument("--separate", action="store_true", help="also write teacher / student / score graphs")
     parser.add_argument("--opset", type=int, default=18, help=f"ONNX opset (>= {MIN_OPSET})")
     parser.add_argument("--check-parity", type=int, default=0, metavar="N",

@@ -30,6 +30,10 @@ class InferenceResult:
     anomaly_mask: np.ndarray  # (H, W) bool, score > threshold
     semantic_labels: np.ndarray | None  # (H, W) uint8 teacher class ids, if the model has them
     timings_ms: dict[str, float] = field(default_factory=dict)  # e.g. preprocess / inference / total
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # optional maps, e.g. "msp" (baseline score)
+
+
+RawOutputs = tuple  # (score, labels | None) or (score, labels | None, extras dict) from AnomalyModel._run
 
 
 class AnomalyModel(abc.ABC):
@@ -55,17 +59,17 @@ class AnomalyModel(abc.ABC):
         self._threshold = value
 
     @abc.abstractmethod
-    def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(H, W, 3) uint8 RGB -> ((H, W) float32 score, (H, W) uint8 labels or None)."""
+    def _run(self, image: np.ndarray) -> RawOutputs:
+        """(H, W, 3) uint8 RGB -> (score (H, W) float32, labels (H, W) uint8 or None[, extras by name])."""
 
     def infer(self, image: np.ndarray) -> InferenceResult:
         """Run the model on one contiguous uint8 RGB image of any size."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}")
         start = time.perf_counter()
-        score, labels = self._run(np.ascontiguousarray(image))
+        score, labels, *rest = self._run(np.ascontiguousarray(image))
         elapsed = (time.perf_counter() - start) * 1e3
-        return InferenceResult(score, score > self._threshold, labels, {"inference": elapsed})
+        return InferenceResult(score, score > self._threshold, labels, {"inference": elapsed}, rest[0] if rest else {})
 
     def warmup(self, iterations: int = 2) -> None:
         size = self.metadata.preprocess_config

@@ -29,8 +29,11 @@ from dicnet_ros.preprocessing import parse_size
 log = logging.getLogger(__name__)
 
 DEFAULT_RESOLUTIONS = ((640, 360), (1280, 720))
-BENCH_BACKENDS = ("reference", "torch", "onnxruntime", "onnxruntime-nearest", "tensorrt")
-DEFAULT_BACKENDS = ("reference", "torch", "onnxruntime", "tensorrt")
+# onnxruntime = the default export (class ids / MSP at the network size, see DiCNet.outputs); -exact = logits
+# upsampled to the image before the arg-max, like the reference; -nearest = ids at the feature resolution.
+ORT_LABEL_MODES = {"onnxruntime": "network", "onnxruntime-exact": "bilinear", "onnxruntime-nearest": "nearest"}
+BENCH_BACKENDS = ("reference", "torch", *ORT_LABEL_MODES, "tensorrt")
+DEFAULT_BACKENDS = ("reference", "torch", "onnxruntime", "onnxruntime-exact", "tensorrt")
 
 
 # -------------------------------------------------------------------------------------------- environment
@@ -128,11 +131,11 @@ def _prepare_checkpoint(args: argparse.Namespace, workdir: Path) -> Path:
 
 
 def _export(checkpoint: Path, workdir: Path, size: tuple[int, int], dynamic: bool, fp16: bool = False,
-            labels: str = "bilinear") -> Path:
+            labels: str = "network") -> Path:
     from dicnet_training.export import ExportOptions, export_onnx
 
     tag = "dynamic" if dynamic else f"{size[0]}x{size[1]}"
-    out = workdir / f"model_{tag}{'_fp16' if fp16 else ''}{'_nearest' if labels == 'nearest' else ''}.onnx"
+    out = workdir / f"model_{tag}{'_fp16' if fp16 else ''}_{labels}.onnx"
     if not out.exists():
         export_onnx(checkpoint, out, ExportOptions(dynamic=dynamic, input_size=None if dynamic else size, fp16=fp16,
                                                    labels=labels))
@@ -181,12 +184,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     calls[backend] = lambda m=m, image=image: m.infer(image)
                     labels[backend] = "torch eager (fused forward)"
                 elif backend.startswith("onnxruntime"):
-                    mode = "nearest" if backend.endswith("nearest") else "bilinear"
+                    mode = ORT_LABEL_MODES[backend]
                     onnx_path = _export(checkpoint, workdir, (width, height), args.dynamic, labels=mode)
                     m = load_model(onnx_path, "onnxruntime", args.device, threads=threads)
                     calls[backend] = lambda m=m, image=image: m.infer(image)
                     providers = m.describe()["providers"].replace("ExecutionProvider", "")
-                    labels[backend] = f"onnxruntime fused ({providers}{', nearest ids' if mode == 'nearest' else ''})"
+                    labels[backend] = f"onnxruntime fused ({providers}, ids: {mode})"
                 else:
                     ok, why = tensorrt_status()
                     if not ok:

@@ -22,6 +22,8 @@ SEPARATE_FORMAT = "dicnet-separate/1"
 SEPARATE_ROLES = ("teacher", "student", "score")
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_score", "semantic_labels")
+# optional outputs (graph name -> InferenceResult.extras key); older exports without them still load
+EXTRA_OUTPUTS = {"msp_score": "msp"}
 # role -> (input names, output names) every graph of that role must have
 GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fused": ((INPUT_NAME,), OUTPUT_NAMES),
@@ -132,14 +134,14 @@ class GraphRunner(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def compose(form: str, runners: dict[str, GraphRunner]) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(H, W, 3) uint8 -> (score float32 (H', W'), labels uint8 (H', W')) through the fused or separate graphs."""
+def compose(form: str, runners: dict[str, GraphRunner]) -> Callable[[np.ndarray], tuple]:
+    """(H, W, 3) uint8 -> (score float32 (H', W'), labels uint8 (H', W'), extras) via the fused or separate graphs."""
 
-    def fused(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def fused(image: np.ndarray) -> tuple:
         out = runners["fused"].run({INPUT_NAME: image[None]})
         return _finish(out)
 
-    def separate(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def separate(image: np.ndarray) -> tuple:
         batch = image[None]
         teacher = runners["teacher"].run({INPUT_NAME: batch})
         student = runners["student"].run({INPUT_NAME: batch})
@@ -149,7 +151,8 @@ def compose(form: str, runners: dict[str, GraphRunner]) -> Callable[[np.ndarray]
     return fused if form == "fused" else separate
 
 
-def _finish(out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _finish(out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     score = np.asarray(out["anomaly_score"][0], dtype=np.float32)
     labels = np.asarray(out["semantic_labels"][0]).astype(np.uint8, copy=False)
-    return score, labels
+    extras = {key: np.asarray(out[name][0], dtype=np.float32) for name, key in EXTRA_OUTPUTS.items() if name in out}
+    return score, labels, extras

@@ -147,7 +147,7 @@ class OrtModel(AnomalyModel):
         self.threads = threads
         log.info("onnxruntime: %s (%s) on %s", files.path, files.form, ", ".join(used))
 
-    def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def _run(self, image: np.ndarray) -> tuple:
         check_image_size(image, self.fixed_hw, self.path)
         return self._call(image)
 

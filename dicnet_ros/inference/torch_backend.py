@@ -73,25 +73,17 @@ class TorchModel(AnomalyModel):
         self.fp16 = bool(device.startswith("cuda") if fp16 is None else fp16) and device.startswith("cuda")
         net_res = export.get("output_resolution") == "network"
         self.network_resolution = net_res if network_resolution is None else network_resolution
-        self.nearest_labels = export.get("labels") == "nearest"  # as the ONNX computes them
+        self.labels = export.get("labels", "network")  # where class ids / MSP are taken, as in the ONNX
         log.info("torch: %s on %s%s", checkpoint, device, " (fp16 autocast)" if self.fp16 else "")
 
-    def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def _run(self, image: np.ndarray) -> tuple:
         torch = self.torch
         x = torch.from_numpy(image)[None].to(self.device, non_blocking=True)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
-            out = self.model(x, network_resolution=self.network_resolution)
+            out = self.model(x, network_resolution=self.network_resolution, labels=self.labels)
         score = out.anomaly_score[0].float().cpu().numpy()
-        if self.nearest_labels:  # same ops as the exported graph's --labels nearest
-            from dicnet_ros.preprocessing import restore_size
-
-            size = None if self.network_resolution else tuple(image.shape[:2])
-            ids = out.logits.float().argmax(dim=1, keepdim=True).to(torch.float32)
-            labels = restore_size(ids, self.model.preprocess_config, size, mode="nearest")[0, 0].to(torch.uint8)
-        else:
-            labels = out.semantic_labels[0].to(torch.uint8)
-        labels = labels.cpu().numpy()
-        return score, labels
+        labels = out.semantic_labels[0].to(torch.uint8).cpu().numpy()
+        return score, labels, {"msp": out.msp_score[0].float().cpu().numpy()}
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -307,7 +307,7 @@ class TrtModel(AnomalyModel):
         self.force = False
         self._calls[hw] = compose(self.form, runners)
 
-    def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def _run(self, image: np.ndarray) -> tuple:
         hw = (int(image.shape[0]), int(image.shape[1]))
         call = self._calls.get(hw)
         if call is None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from dicnet_ros.model.backbones import build_backbone
 from dicnet_ros.model.pyramid_pooling import PyramidPooling
-from dicnet_ros.model.scoring import SCORING_MODES, TEACHER_NORMS, anomaly_score
+from dicnet_ros.model.scoring import SCORING_MODES, TEACHER_NORMS, anomaly_score, baseline_score
 from dicnet_ros.preprocessing import PreprocessConfig, preprocess, restore_size
 
 
@@ -116,10 +116,14 @@ class Student(nn.Module):
         return self.head(self.ppm(feat))
 
 
+LABEL_MODES = ("network", "bilinear", "nearest")
+
+
 class DiCNetOutput(NamedTuple):
     anomaly_score: torch.Tensor  # (N, H, W) float32
     semantic_labels: torch.Tensor  # (N, H, W) int64 class ids of the teacher
     logits: torch.Tensor  # (N, K, h, w) teacher logits at feature resolution (for baselines)
+    msp_score: torch.Tensor  # (N, H, W) float32, 1 - max softmax of the teacher (the classic baseline)
 
 
 class DiCNet(nn.Module):
@@ -148,16 +152,54 @@ class DiCNet(nn.Module):
         """(N, 1, h, w) score at feature resolution, with this model's mu_c."""
         return anomaly_score(teacher_feature, student_feature, mode or self.scoring_mode, self.mu_c)
 
-    def forward(self, images: torch.Tensor, output_size: tuple[int, int] | None = None,
-                network_resolution: bool = False) -> DiCNetOutput:
-        """Score map and class ids at the input size (default), ``output_size``, or the network size."""
+    def features(self, images: torch.Tensor) -> tuple[TeacherOutput, torch.Tensor]:
+        """Teacher output and student feature for uint8 images: the one pass evaluation derives every map from."""
         x = self.network_input(images)
-        t = self.teacher(x)
-        s = self.student(x)
+        return self.teacher(x), self.student(x)
+
+    def forward(self, images: torch.Tensor, output_size: tuple[int, int] | None = None,
+                network_resolution: bool = False, labels: str = "bilinear") -> DiCNetOutput:
+        """Score map, class ids and MSP at the input size (default), ``output_size``, or the network size."""
+        t, s = self.features(images)
         size = None if network_resolution else (output_size or tuple(images.shape[1:3]))
-        score = restore_size(self.score_features(t.feature, s), self.preprocess_config, size)
-        labels = restore_size(t.logits, self.preprocess_config, size).argmax(dim=1)
-        return DiCNetOutput(score[:, 0], labels, t.logits)
+        return self.outputs(t.feature, s, t.logits, size, labels)
+
+    def outputs(self, teacher_feature: torch.Tensor, student_feature: torch.Tensor, logits: torch.Tensor,
+                size: tuple[int, int] | None, labels: str = "bilinear") -> DiCNetOutput:
+        """Features at 1/8 -> every output map at ``size`` (None = network size): the one post-processing.
+
+        ``labels`` says where the teacher's class ids and MSP are taken:
+        ``bilinear``: logits upsampled to the output size, then arg-max / softmax (the anomaly-seg protocol);
+        ``network``: at the network size, then resized (ids nearest, MSP bilinear) -- a fraction of the cost at
+        1280x720 and identical up to class boundaries; ``nearest``: at the feature resolution.
+        The anomaly score never depends on this choice.
+        """
+        if labels not in LABEL_MODES:
+            raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
+        pp = self.preprocess_config
+        score = restore_size(self.score_features(teacher_feature, student_feature), pp, size)[:, 0]
+        logits = logits.float()
+        if labels == "bilinear":
+            up = restore_size(logits, pp, size)
+            return DiCNetOutput(score, up.argmax(dim=1), logits, baseline_score(up, "msp")[:, 0])
+        if labels == "network":
+            logits_at = restore_size(logits, pp, None)
+            target = (pp.height, pp.width) if size is None else tuple(size)
+
+            def resize(x: torch.Tensor, mode: str) -> torch.Tensor:
+                if tuple(x.shape[-2:]) == target:
+                    return x
+                kw = {"align_corners": False} if mode == "bilinear" else {}
+                return F.interpolate(x, size=target, mode=mode, **kw)
+        else:
+            logits_at = logits
+
+            def resize(x: torch.Tensor, mode: str) -> torch.Tensor:
+                return restore_size(x, pp, size, mode=mode)
+
+        ids = resize(logits_at.argmax(dim=1, keepdim=True).to(torch.float32), "nearest")[:, 0].to(torch.int64)
+        msp = resize(baseline_score(logits_at, "msp"), "bilinear")[:, 0]
+        return DiCNetOutput(score, ids, logits, msp)
 
 
 def build_dicnet(cfg: ModelConfig | dict[str, Any], preprocess_config: PreprocessConfig | dict[str, Any]) -> DiCNet:
@@ -169,4 +211,5 @@ def build_dicnet(cfg: ModelConfig | dict[str, Any], preprocess_config: Preproces
     return DiCNet(cfg, preprocess_config)
 
 
-__all__ = ["DiCNet", "DiCNetOutput", "ModelConfig", "Student", "Teacher", "TeacherOutput", "build_dicnet"]
+__all__ = ["LABEL_MODES", "DiCNet", "DiCNetOutput", "ModelConfig", "Student", "Teacher", "TeacherOutput",
+           "build_dicnet"]
