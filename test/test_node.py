@@ -356,7 +356,7 @@ def test_msp_baseline_topic(harness: Harness, tiny_onnx: Path) -> None:
     msp = image_msg_to_array(msg)
     expected = node.model.infer(rgb).extras["msp"]
     np.testing.assert_allclose(msp, expected, atol=1e-5)
-    assert 0.0 <= msp.min() and msp.max() <= 1.0
+    assert msp.min() >= 0.0 and msp.max() <= 1.0
 
 
 def test_compressed_input_and_qos_warning(harness: Harness, tiny_onnx: Path) -> None:
