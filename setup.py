@@ -49,7 +49,7 @@ setup(
                 "ros-rmw-fastrtps-cpp"],
         "train": TRAIN,
         "sim": ["pybullet>=3.2"],
-        "bag": ["rosbags>=0.10"],
+        "bag": ["rosbags>=0.10", "matplotlib>=3.7", "pillow>=9"],
         "trt": ["tensorrt>=10.12"],
         "dev": ["pytest>=7", "ruff>=0.5", "scikit-learn>=1.3"],
     },
