@@ -179,8 +179,11 @@ def array_to_image_msg(array_: np.ndarray, encoding: str, header: Any = None,
     msg.is_bigendian = 0 if _LITTLE_ENDIAN_HOST or data.dtype.itemsize == 1 else 1
     msg.step = int(data.strides[0])
     if isinstance(getattr(msg, "data", None), array.array) or msg_factory is None:
+        # the fastest way into rclpy's uint8[] (Kilted, 720p rgb8): an array.array("B") filled by one memcpy is
+        # kept as is by the setter (0.12 ms); bytes are copied twice (tobytes + array, 0.15 ms); a memoryview or
+        # numpy array is converted element by element (~60 ms). rclpy then memcpy's the buffer into the C message.
         buf = array.array("B")
-        buf.frombytes(data.data.cast("B"))  # one memcpy; a list/bytes would be checked element by element
+        buf.frombytes(data.data.cast("B"))
         msg.data = buf
     else:  # rosbags-style messages hold numpy arrays
         msg.data = data.reshape(-1).view(np.uint8).copy()

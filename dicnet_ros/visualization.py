@@ -42,16 +42,19 @@ def colormap_lut(name: str) -> np.ndarray:
 
 
 def score_to_uint8(score: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Linear map [lo, hi] -> [0, 255], clipped; NaN -> 0. The colour scale is fixed, not per-image min-max,
-    so the same score has the same colour in every frame."""
+    """Linear map [lo, hi] -> [0, 255], clipped, rounded half up; NaN -> 0. The colour scale is fixed, not
+    per-image min-max, so the same score has the same colour in every frame."""
     if not hi > lo:
         raise ValueError(f"score range must have hi > lo, got [{lo}, {hi}]")
     scale = 255.0 / (hi - lo)
+    # one float32 buffer, updated in place: 5 passes instead of 7 with two temporaries (720p: ~0.1 ms less).
+    # clip(v, 0, 255) + 0.5 == clip(v + 0.5, 0.5, 255.5); fmax/fmin also map NaN to the lower bound (-> 0)
     tmp = np.subtract(score, np.float32(lo), dtype=np.float32)
     np.multiply(tmp, np.float32(scale), out=tmp)
-    np.clip(tmp, 0.0, 255.0, out=tmp)
-    np.nan_to_num(tmp, copy=False, nan=0.0)
-    return (tmp + 0.5).astype(np.uint8)
+    np.add(tmp, np.float32(0.5), out=tmp)
+    np.fmax(tmp, np.float32(0.5), out=tmp)
+    np.fmin(tmp, np.float32(255.5), out=tmp)
+    return tmp.astype(np.uint8)
 
 
 def colorize_score(score: np.ndarray, lo: float, hi: float, colormap: str = "turbo") -> np.ndarray:
@@ -83,11 +86,13 @@ def colorize_labels(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 def overlay(image_rgb: np.ndarray, values: np.ndarray, alpha: float = 0.5,
             score_range: Sequence[float] | None = None, colormap: str = "turbo",
-            mask_color: Sequence[int] = (255, 0, 0)) -> np.ndarray:
+            mask_color: Sequence[int] = (255, 0, 0), heat: np.ndarray | None = None) -> np.ndarray:
     """Blend a score map (float, coloured over ``score_range``) or a mask (bool / uint8 0-255) into the image.
 
     A score is blended everywhere (``alpha`` of the colour); a mask only tints its pixels, so the scene stays
     readable. ``values`` of another size than the image is resized to it (nearest for masks).
+    ``heat``: ``colorize_score(values, *score_range, colormap)`` when the caller has it already at the image's
+    size (the node publishes it too), so it is not computed twice (~1.5 ms at 720p); ignored for masks.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -95,6 +100,11 @@ def overlay(image_rgb: np.ndarray, values: np.ndarray, alpha: float = 0.5,
         raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image_rgb.dtype} {image_rgb.shape}")
     height, width = image_rgb.shape[:2]
     is_mask = values.dtype == np.bool_ or values.dtype == np.uint8
+    if heat is not None and not is_mask:
+        if heat.shape != image_rgb.shape or heat.dtype != np.uint8:
+            raise ValueError(f"heat must be uint8 shaped like the image {image_rgb.shape}, got {heat.dtype} "
+                             f"{heat.shape}")
+        return cv2.addWeighted(np.ascontiguousarray(image_rgb), 1.0 - alpha, heat, alpha, 0.0)
     if values.shape[:2] != (height, width):
         interpolation = cv2.INTER_NEAREST if is_mask else cv2.INTER_LINEAR
         src = values.view(np.uint8) if values.dtype == np.bool_ else values

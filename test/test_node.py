@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import random
 import subprocess
 import sys
@@ -35,8 +36,9 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Float32, Header  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 
-from dicnet_ros.anomaly_node import AnomalyNode  # noqa: E402
+from dicnet_ros.anomaly_node import AnomalyNode, tune_allocator  # noqa: E402
 from dicnet_ros.image_conversion import SUPPORTED_ENCODINGS, image_msg_to_array  # noqa: E402
+from dicnet_ros.visualization import colorize_score, overlay  # noqa: E402
 
 DOMAIN_ID = random.randint(1, 200)
 OUTPUTS = ("anomaly_score", "anomaly_mask", "anomaly_score_color", "overlay", "semantic", "semantic_color")
@@ -332,6 +334,45 @@ def test_max_age_drops_old_frames(main_node: tuple, harness: Harness) -> None:
     finally:
         future = client.set_parameters([Parameter("max_age_ms", value=0.0)])
         wait_until(future.done, timeout=5.0)
+
+
+def test_colour_and_overlay_match_visualization(main_node: tuple, harness: Harness) -> None:
+    """The colour map is computed once and reused by the score overlay: both must equal the library's."""
+    node, outputs, pub = main_node
+    client = AsyncParameterClient(harness.tester, "/cam_main/anomaly_node")
+    assert client.wait_for_services(timeout_sec=5.0)
+    rgb = random_image("rgb8", 48, 64)
+    lo, hi = node.model.metadata.score_range
+    for sec, source in ((800, "score"), (801, "mask")):
+        future = client.set_parameters([Parameter("overlay_source", value=source),
+                                        Parameter("overlay_alpha", value=0.3)])
+        assert wait_until(future.done, timeout=5.0) and all(r.successful for r in future.result().results)
+        send(pub, image_msg(rgb, "rgb8", sec), outputs)
+        msgs = {t: wait_until(lambda t=t, sec=sec: outputs.with_stamp(t, sec), timeout=5.0)[-1]
+                for t in ("anomaly_score", "anomaly_mask", "anomaly_score_color", "overlay")}
+        score = image_msg_to_array(msgs["anomaly_score"])
+        np.testing.assert_array_equal(image_msg_to_array(msgs["anomaly_score_color"]),
+                                      colorize_score(score, lo, hi, "turbo"))
+        values = score if source == "score" else image_msg_to_array(msgs["anomaly_mask"]) > 0
+        np.testing.assert_array_equal(image_msg_to_array(msgs["overlay"]), overlay(rgb, values, 0.3, (lo, hi)))
+    future = client.set_parameters([Parameter("overlay_source", value="score"), Parameter("overlay_alpha", value=0.5)])
+    assert wait_until(future.done, timeout=5.0)
+
+
+def test_allocator_tuning() -> None:
+    """The node process keeps freed image buffers (see tune_allocator); the opt-out and the env are respected."""
+    state = tune_allocator()
+    assert state == tune_allocator()  # idempotent
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert state in ("glibc buffers recycled", "left to the environment (GLIBC_TUNABLES / MALLOC_*_THRESHOLD_)",
+                         "off (DICNET_MALLOC_TUNING=0)")
+    code = "from dicnet_ros.anomaly_node import tune_allocator; print(tune_allocator())"
+    for env, expected in (({"DICNET_MALLOC_TUNING": "0"}, "off"),
+                          ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}, "left to the environment")):
+        base = {k: v for k, v in os.environ.items() if k not in ("DICNET_MALLOC_TUNING", "GLIBC_TUNABLES")}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             env={**base, **env}, check=True).stdout
+        assert out.startswith(expected), out
 
 
 def test_network_resolution(harness: Harness, tiny_onnx: Path) -> None:

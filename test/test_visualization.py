@@ -78,3 +78,35 @@ def test_overlay_resizes_values_to_the_image() -> None:
     assert overlay(image, np.ones((5, 10), bool), alpha=1.0).shape == (20, 40, 3)
     with pytest.raises(ValueError, match="alpha"):
         overlay(image, small, alpha=1.5)
+
+
+def _score_to_uint8_reference(score: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The original formulation (subtract, scale, clip, NaN -> 0, round half up)."""
+    tmp = np.clip((score.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo)), 0.0, 255.0)
+    return (np.nan_to_num(tmp, nan=0.0) + np.float32(0.5)).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(0.0, 1.0), (-3.1, 7.7), (0.02, 0.0325), (-1e-3, 1e4)])
+def test_score_to_uint8_matches_reference(lo: float, hi: float) -> None:
+    rng = np.random.default_rng(3)
+    span = hi - lo
+    score = (rng.random((61, 97), dtype=np.float32) * 1.6 - 0.3) * np.float32(span) + np.float32(lo)
+    special = [np.nan, np.inf, -np.inf, -0.0, lo, hi] + [lo + span * k / 255.0 for k in (0.5, 1.5, 127.5, 254.5)]
+    score[0, :len(special)] = special
+    score[1, :] = np.float32(lo) + np.float32(span / 255.0) * (np.arange(97, dtype=np.float32) * 2.5 + 0.5)
+    np.testing.assert_array_equal(score_to_uint8(score, lo, hi), _score_to_uint8_reference(score, lo, hi))
+    assert score_to_uint8(score[:, 3:50], lo, hi).shape == (61, 47)  # non-contiguous input
+    assert score_to_uint8(score.astype(np.float64), lo, hi).dtype == np.uint8
+
+
+def test_overlay_reuses_a_precomputed_heat_map() -> None:
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    score = rng.random((20, 30), dtype=np.float32)
+    heat = colorize_score(score, 0.0, 1.0, "viridis")
+    expected = overlay(image, score, 0.4, (0.0, 1.0), "viridis")
+    np.testing.assert_array_equal(overlay(image, score, 0.4, (0.0, 1.0), "viridis", heat=heat), expected)
+    with pytest.raises(ValueError, match="heat"):
+        overlay(image, score, 0.4, (0.0, 1.0), heat=heat[:10])
+    mask = score > 0.5  # heat does not apply to a mask
+    np.testing.assert_array_equal(overlay(image, mask, 0.4, heat=heat), overlay(image, mask, 0.4))
