@@ -18,7 +18,7 @@ from dicnet_ros.inference.graphs import check_file, is_checkpoint
 log = logging.getLogger(__name__)
 
 BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
-    "onnxruntime": ("providers", "threads", "graph_optimization", "trt_cache_dir"),
+    "onnxruntime": ("providers", "threads", "graph_optimization", "trt_cache_dir", "spin"),
     "tensorrt": ("cache_dir", "force_rebuild", "input_size", "workspace_mb", "fp16_flag"),
     "torch": ("fp16", "threads", "network_resolution"),
 }
