@@ -371,7 +371,7 @@ class AnomalyNode(Node):
         meta = self._model.metadata
         self._model_threshold = float(self._model.threshold)
         self._apply_threshold(self._p["threshold"])
-        self._score_range = tuple(float(v) for v in meta.score_range)
+        self._score_range = tuple(float(v) for v in meta.display_range)
         self._palette = class_palette(max(meta.num_classes, 1))
         pre = meta.preprocess_config
         self._network_size = (int(pre.width), int(pre.height))

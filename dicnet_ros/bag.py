@@ -751,7 +751,7 @@ def _evaluate_stream(
     infer_ms: list[float] = []
     frame_ms: list[float] = []
     frames = gt_seen = 0
-    lo, hi = score_range
+    lo, hi = model.metadata.display_range if model is not None else score_range  # colours for people
     with contextlib.ExitStack() as stack:
         writer = None
         out_conns: dict[str, Connection] = {}

@@ -86,11 +86,14 @@ def colorize_labels(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 def overlay(image_rgb: np.ndarray, values: np.ndarray, alpha: float = 0.5,
             score_range: Sequence[float] | None = None, colormap: str = "turbo",
-            mask_color: Sequence[int] = (255, 0, 0), heat: np.ndarray | None = None) -> np.ndarray:
+            mask_color: Sequence[int] = (255, 0, 0), heat: np.ndarray | None = None,
+            clear_below: bool = True) -> np.ndarray:
     """Blend a score map (float, coloured over ``score_range``) or a mask (bool / uint8 0-255) into the image.
 
-    A score is blended everywhere (``alpha`` of the colour); a mask only tints its pixels, so the scene stays
-    readable. ``values`` of another size than the image is resized to it (nearest for masks).
+    A score is blended with ``alpha`` of the colour where it is at least the range's low end (everywhere
+    with ``clear_below=False``), so ordinary pixels show the camera image untouched and the eye goes to
+    the anomalies; a mask only tints its pixels. ``values`` of another size than the image is resized to it
+    (nearest for masks).
     ``heat``: ``colorize_score(values, *score_range, colormap)`` when the caller has it already at the image's
     size (the node publishes it too), so it is not computed twice (~1.5 ms at 720p); ignored for masks.
     """
@@ -104,7 +107,8 @@ def overlay(image_rgb: np.ndarray, values: np.ndarray, alpha: float = 0.5,
         if heat.shape != image_rgb.shape or heat.dtype != np.uint8:
             raise ValueError(f"heat must be uint8 shaped like the image {image_rgb.shape}, got {heat.dtype} "
                              f"{heat.shape}")
-        return cv2.addWeighted(np.ascontiguousarray(image_rgb), 1.0 - alpha, heat, alpha, 0.0)
+        blended = cv2.addWeighted(np.ascontiguousarray(image_rgb), 1.0 - alpha, heat, alpha, 0.0)
+        return _clear_below(blended, image_rgb, values, score_range) if clear_below else blended
     if values.shape[:2] != (height, width):
         interpolation = cv2.INTER_NEAREST if is_mask else cv2.INTER_LINEAR
         src = values.view(np.uint8) if values.dtype == np.bool_ else values
@@ -119,4 +123,14 @@ def overlay(image_rgb: np.ndarray, values: np.ndarray, alpha: float = 0.5,
     if not hi > lo:
         hi = lo + 1e-6
     heat = colorize_score(values, lo, hi, colormap)
-    return cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)
+    blended = cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)
+    return _clear_below(blended, image, values, (lo, hi)) if clear_below else blended
+
+
+def _clear_below(blended: np.ndarray, image: np.ndarray, values: np.ndarray,
+                 score_range: Sequence[float] | None) -> np.ndarray:
+    """Put the camera pixels back where the score is below the colour range (one compare + masked copy)."""
+    if score_range is None or values.shape[:2] != image.shape[:2]:
+        return blended
+    below = np.less(values, np.float32(score_range[0])).view(np.uint8)
+    return cv2.copyTo(np.ascontiguousarray(image), below, blended)

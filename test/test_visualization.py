@@ -110,3 +110,18 @@ def test_overlay_reuses_a_precomputed_heat_map() -> None:
         overlay(image, score, 0.4, (0.0, 1.0), heat=heat[:10])
     mask = score > 0.5  # heat does not apply to a mask
     np.testing.assert_array_equal(overlay(image, mask, 0.4, heat=heat), overlay(image, mask, 0.4))
+
+
+def test_overlay_leaves_pixels_below_the_colour_range_untouched() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    score = np.zeros((20, 30), np.float32)
+    score[5:10, 5:10] = 2.0
+    out = overlay(image, score, alpha=0.6, score_range=(1.0, 3.0))
+    below = score < 1.0
+    np.testing.assert_array_equal(out[below], image[below])
+    assert (out[~below] != image[~below]).any()
+    everywhere = overlay(image, score, alpha=0.6, score_range=(1.0, 3.0), clear_below=False)
+    assert (everywhere[below] != image[below]).any()
+    heat = colorize_score(score, 1.0, 3.0)
+    np.testing.assert_array_equal(overlay(image, score, alpha=0.6, score_range=(1.0, 3.0), heat=heat), out)

@@ -56,6 +56,14 @@ class ModelMetadata:
         hi = stats.get("p999") or stats.get("max") or ((self.threshold or 1.0) * 2.0)
         return 0.0, float(max(hi, (self.threshold or 0.0) * 1.5, 1e-6))
 
+    @property
+    def display_range(self) -> tuple[float, float]:
+        """Colour range for people: from the 90th percentile of in-distribution scores (ordinary pixels stay
+        uncoloured in overlays) to the top of ``score_range``."""
+        lo_default, hi = self.score_range
+        lo = float(self.calibration.get("score_stats", {}).get("p90") or lo_default)
+        return (lo, hi) if hi > lo else (lo_default, hi)
+
     def validate(self, source: str = "model") -> ModelMetadata:
         """Raise MetadataError naming ``source`` and the field when something a runtime needs is wrong."""
         if not self.class_names:
