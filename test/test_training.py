@@ -1,0 +1,133 @@
+"""The training chain on CPU with the ci config: teacher -> distill -> calibrate -> evaluate, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from dicnet_training.config import ConfigError, load_config
+
+from dicnet_ros.cli import main as dicnet
+from dicnet_ros.model.checkpoint import load_checkpoint, model_from_checkpoint
+
+
+@pytest.fixture(scope="module")
+def sim_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A handful of simulated 128x72 images (train/val without anomalies, test with)."""
+    root = tmp_path_factory.mktemp("ci_sim")
+    assert dicnet(["sim", "--out", str(root), "--splits", "train,val,test", "--counts", "8,4,4", "--size", "128x72",
+                   "--seed", "3", "--workers", "1", "--no-progress"]) == 0
+    return root
+
+
+def _ci(root: Path, *extra: str) -> list[str]:
+    return ["--config", "ci", "--no-progress", "--device", "cpu", "--override", f"data.root={root}", *extra]
+
+
+def test_config_overrides_parse_yaml_values() -> None:
+    cfg = load_config("ci", ["teacher.epochs=3", "model.feature_channels=64", "augment.scale_range=[1, 2]",
+                             "new.section.value=null"])
+    assert cfg["teacher"]["epochs"] == 3 and cfg["model"]["feature_channels"] == 64
+    assert cfg["augment"]["scale_range"] == [1, 2] and cfg["new"]["section"]["value"] is None
+    assert cfg["student"]["lr"] == pytest.approx(1e-3)  # from the file, defaults below it
+    with pytest.raises(ConfigError):
+        load_config("ci", ["no_equals_sign"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("does-not-exist")
+
+
+def test_full_chain(sim_root: Path, tmp_path: Path) -> None:
+    teacher_dir, student_dir, report_dir = tmp_path / "teacher", tmp_path / "student", tmp_path / "report"
+    assert dicnet(["train-teacher", *_ci(sim_root), "--out", str(teacher_dir)]) == 0
+    teacher = load_checkpoint(teacher_dir / "best.pt")
+    assert teacher["stage"] == "teacher" and teacher["student"] is None
+    meta = teacher["metadata"]
+    assert meta["class_names"][:2] == ["sky", "road"] and meta["training"]["dataset"]["anomaly_ids"] == [12]
+    assert meta["training"]["config"]["teacher"]["epochs"] == 2
+    assert (teacher_dir / "last.pt").is_file() and list((teacher_dir / "tensorboard").iterdir())
+
+    assert dicnet(["distill", *_ci(sim_root), "--teacher", str(teacher_dir / "best.pt"),
+                   "--out", str(student_dir)]) == 0
+    pair = load_checkpoint(student_dir / "best.pt")
+    assert pair["stage"] == "student" and pair["student"] is not None
+    # the frozen teacher is carried over bit for bit
+    for key, value in teacher["teacher"].items():
+        assert torch.equal(value, pair["teacher"][key]), key
+
+    calibrated = tmp_path / "calibrated.pt"
+    assert dicnet(["calibrate", "--checkpoint", str(student_dir / "best.pt"), "--out", str(calibrated),
+                   "--target-fpr", "0.05", "--no-progress", "--device", "cpu"]) == 0
+    model, cal_meta, data = model_from_checkpoint(calibrated)
+    stats = cal_meta.calibration["score_stats"]
+    assert cal_meta.threshold is not None and math.isfinite(cal_meta.threshold)
+    assert stats["p50"] <= stats["p90"] <= cal_meta.threshold <= stats["p99"] <= stats["max"]
+    assert cal_meta.calibration["target_fpr"] == 0.05 and len(data["mu_c"]) == model.config.feature_channels
+    assert torch.allclose(model.mu_c, torch.tensor(data["mu_c"]))
+
+    assert dicnet(["evaluate", "--checkpoint", str(calibrated), "--out", str(report_dir), "--minmax",
+                   "--no-progress", "--device", "cpu", "--override", f"data.root={sim_root}"]) == 0
+    for name in ("report.md", "report.json", "roc.png", "pr.png", "qualitative.png"):
+        assert (report_dir / name).is_file(), name
+    report = json.loads((report_dir / "report.json").read_text())
+    methods = report["methods"]
+    assert set(methods) >= {"dicnet_paper", "dicnet_code", "msp", "maxlogit", "entropy", "dicnet_code_minmax"}
+    for name, res in methods.items():
+        for protocol in ("per_image", "pooled"):
+            for metric in ("auroc", "aupr", "fpr95"):
+                assert math.isfinite(res[protocol][metric]), (name, protocol, metric)
+    # per-image min-max is monotone per image: per-image metrics unchanged
+    assert methods["dicnet_code_minmax"]["per_image"]["auroc"] == pytest.approx(
+        methods["dicnet_code"]["per_image"]["auroc"])
+    assert math.isfinite(report["segmentation"]["miou"]) and report["speed"]["images_per_second"] > 0
+    assert "per-image" in (report_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize("stage", ["teacher", "student"])
+def test_resume_is_bit_exact(sim_root: Path, tmp_path: Path, stage: str) -> None:
+    """2 epochs straight == 1 epoch, interruption, --resume, 1 more epoch (weights and optimizer)."""
+    extra: list[str] = []
+    if stage == "student":
+        teacher = tmp_path / "t"
+        assert dicnet(["train-teacher", *_ci(sim_root, "teacher.epochs=1"), "--out", str(teacher)]) == 0
+        extra = ["--teacher", str(teacher / "best.pt")]
+    command = "train-teacher" if stage == "teacher" else "distill"
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert dicnet([command, *_ci(sim_root), *extra, "--out", str(straight)]) == 0
+    assert dicnet([command, *_ci(sim_root), *extra, "--out", str(resumed), "--stop-after-epochs", "1"]) == 0
+    assert load_checkpoint(resumed / "last.pt")["train_state"]["epoch"] == 1
+    assert dicnet([command, *_ci(sim_root), *extra, "--out", str(resumed), "--resume"]) == 0
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    assert b["train_state"]["epoch"] == 2 and a["train_state"]["step"] == b["train_state"]["step"]
+    for key, value in a[stage].items():
+        assert torch.equal(value, b[stage][key]), key
+    for sa, sb in zip(a["train_state"]["optimizer"]["state"].values(), b["train_state"]["optimizer"]["state"].values(),
+                      strict=True):
+        for k, v in sa.items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb[k])), k
+    assert a["train_state"]["history"][-1]["val_" + ("miou" if stage == "teacher" else "loss")] == b["train_state"][
+        "history"][-1]["val_" + ("miou" if stage == "teacher" else "loss")]
+
+
+def test_ddp_two_ranks_gloo(sim_root: Path, tmp_path: Path) -> None:
+    """torchrun with 2 CPU ranks (gloo): DistributedSampler, DDP, reduced metrics, rank-0-only checkpoints."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "dicnet_ros.cli", "train-teacher", *_ci(sim_root, "teacher.epochs=1", "distributed.sync_bn=true"),
+           "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = load_checkpoint(out / "last.pt")
+    state = data["train_state"]
+    # 8 images, batch 2 per rank, 2 ranks -> 2 optimizer steps per epoch
+    assert state["epoch"] == 1 and state["step"] == 2
+    assert math.isfinite(state["history"][0]["val_miou"])
+    assert not any(k.startswith("module.") for k in data["teacher"])
+    log = (out / "train.log").read_text()
+    assert "rank 0/2" in log and "rank 1/2" not in log  # only rank 0 writes the log

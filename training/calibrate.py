@@ -1,0 +1,52 @@
+"""`dicnet calibrate`: mu_c, in-distribution score statistics and the default mask threshold -> checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from dicnet_training.config import apply_override, deep_merge, load_config
+
+from dicnet_ros.model.checkpoint import checkpoint_metadata, load_checkpoint
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options (the data come from --config or from the config stored in the checkpoint)."""
+    parser.add_argument("--checkpoint", required=True, help="pair checkpoint (best.pt of distill)")
+    parser.add_argument("--config", default=None, help="config for the data (default: the one in the checkpoint)")
+    parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. data.root=/data/sim")
+    parser.add_argument("--split", default=None, help="split for the score statistics (default val)")
+    parser.add_argument("--mu-split", default=None, help="split for mu_c (default: config, train)")
+    parser.add_argument("--target-fpr", type=float, default=None,
+                        help="in-distribution FPR of the default threshold (default 0.01 -> 99th percentile)")
+    parser.add_argument("--scoring-mode", choices=("paper", "code"), default=None,
+                        help="switch the model's scoring mode before calibrating")
+    parser.add_argument("--out", default=None, help="write a new checkpoint here (default: update in place)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def config_for(checkpoint: str, config: str | None, overrides: list[str]) -> dict:
+    """The given config, else the training config stored in the checkpoint; overrides on top."""
+    if config is not None:
+        return load_config(config, overrides)
+    stored = checkpoint_metadata(load_checkpoint(checkpoint), checkpoint).training.get("config") or {}
+    cfg = deep_merge(load_config(None), stored)
+    for text in overrides:
+        apply_override(cfg, text)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    """Calibrate and write atomically; prints the written path."""
+    from dicnet_training.calibration import calibrate
+    from dicnet_training.engine import setup_logging
+
+    setup_logging(None, True)
+    logging.getLogger("dicnet_training").info("calibrating %s", args.checkpoint)
+    cfg = config_for(args.checkpoint, args.config, args.override)
+    path = calibrate(args.checkpoint, cfg, args.out, args.split, args.mu_split, args.target_fpr, args.scoring_mode,
+                     args.device, not args.no_progress)
+    print(path)
+    return 0

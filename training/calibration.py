@@ -1,0 +1,153 @@
+"""Calibration of a trained pair: mu_c (paper Eq. 7), in-distribution score statistics and the mask threshold.
+
+The threshold is the score exceeded by ``target_fpr`` of the normal validation pixels (1 % -> the 99th
+percentile), so the node's default mask has a known false-positive rate on in-distribution data. Everything
+is written into the checkpoint metadata; the ONNX export and the node read it from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from dicnet_training import data as tdata
+from dicnet_training import distributed as tdist
+from dicnet_training.engine import progress
+
+from dicnet_ros.model.checkpoint import checkpoint_metadata, load_checkpoint, model_from_checkpoint, save_checkpoint
+from dicnet_ros.model.dicnet import DiCNet
+from dicnet_ros.model.scoring import SCORING_MODES, anomaly_score, discrepancy_channel_sum
+from dicnet_ros.preprocessing import restore_size
+
+log = logging.getLogger("dicnet_training")
+
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999}
+
+
+@torch.no_grad()
+def estimate_mu_c(model: DiCNet, loader: Any, device: torch.device, show: bool = False) -> torch.Tensor:
+    """Per-channel mean of D = teacher - student over all feature pixels of the given (normal) images."""
+    total = torch.zeros(model.config.feature_channels, dtype=torch.float64, device=device)
+    count = 0
+    for groups in progress(loader, show, desc="mu_c"):
+        for images, _, _ in groups:
+            x = model.network_input(images.to(device))
+            t = model.teacher(x).feature.float()
+            s = model.student(x).float()
+            total += discrepancy_channel_sum(t, s).double()
+            count += t.shape[0] * t.shape[2] * t.shape[3]
+    return (total / max(1, count)).float().cpu()
+
+
+def score_statistics(scores: np.ndarray, target_fpr: float) -> dict[str, float]:
+    """Mean, std, quantiles, max of normal-pixel scores and the score at the target FPR."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size == 0:
+        raise ValueError("no in-distribution pixels to calibrate on")
+    stats = {"mean": float(scores.mean()), "std": float(scores.std()), "max": float(scores.max()),
+             "min": float(scores.min()), "num_pixels": int(scores.size)}
+    stats.update({k: float(np.quantile(scores, q)) for k, q in QUANTILES.items()})
+    stats["threshold"] = float(np.quantile(scores, 1.0 - target_fpr))
+    return stats
+
+
+@torch.no_grad()
+def collect_normal_scores(model: DiCNet, loader: Any, device: torch.device, anomaly_ids: tuple[int, ...],
+                          ignore_id: int, max_pixels: int, show: bool = False) -> dict[str, np.ndarray]:
+    """Scores of normal labelled pixels at label resolution, for both scoring modes (one forward per image)."""
+    out: dict[str, list[np.ndarray]] = {m: [] for m in SCORING_MODES}
+    kept = 0
+    num_images = len(loader.dataset)
+    per_image = max(1, max_pixels // max(1, num_images))
+    rng = np.random.default_rng(0)
+    for groups in progress(loader, show, desc="scores"):
+        for images, labels, _ in groups:
+            x = model.network_input(images.to(device))
+            t = model.teacher(x).feature.float()
+            s = model.student(x).float()
+            size = tuple(labels.shape[-2:])
+            maps = {m: restore_size(anomaly_score(t, s, m, model.mu_c), model.preprocess_config, size)[:, 0].cpu()
+                    .numpy() for m in SCORING_MODES}
+            lab = labels.numpy()
+            normal = (lab != ignore_id) & ~np.isin(lab, anomaly_ids)
+            for i in range(lab.shape[0]):
+                idx = np.flatnonzero(normal[i].reshape(-1))
+                if idx.size > per_image:
+                    idx = np.sort(rng.choice(idx, per_image, replace=False))
+                kept += idx.size
+                for m in SCORING_MODES:
+                    out[m].append(maps[m][i].reshape(-1)[idx].astype(np.float32))
+    log.info("calibration: %d normal pixels kept from %d images", kept, num_images)
+    return {m: np.concatenate(v) if v else np.zeros(0, np.float32) for m, v in out.items()}
+
+
+def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path | None = None,
+              split: str | None = None, mu_split: str | None = None, target_fpr: float | None = None,
+              scoring_mode: str | None = None, device: str | None = None, show_progress: bool = True) -> Path:
+    """Estimate mu_c and score statistics, set the threshold, and write the calibrated checkpoint atomically."""
+    cal = dict(cfg.get("calibration") or {})
+    target_fpr = float(target_fpr if target_fpr is not None else cal.get("target_fpr", 0.01))
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target FPR must be in (0, 1), got {target_fpr}")
+    split = split or cal.get("split", "val")
+    mu_split = mu_split or cal.get("mu_split", "train")
+    ctx = tdist.setup(device)
+    data = load_checkpoint(checkpoint)
+    model, meta, _ = model_from_checkpoint(checkpoint, require_student=True)
+    if scoring_mode is not None:
+        if scoring_mode not in SCORING_MODES:
+            raise ValueError(f"scoring mode must be one of {SCORING_MODES}")
+        model.config.scoring_mode = scoring_mode
+    model.to(ctx.device)
+    workers = int((cfg.get("eval") or {}).get("workers", 0))
+    batch = int((cfg.get("eval") or {}).get("batch_size", 2))
+    cfg_split = dict(cfg)
+    cfg_split["data"] = {**cfg["data"], "_mu": mu_split, "_cal": split}
+    mu_ds = tdata.open_split(cfg_split, "_mu")
+    limit = cal.get("mu_max_images")
+    if limit is not None and int(limit) < len(mu_ds):
+        mu_ds = tdata.Subset(mu_ds, range(int(limit)))
+    model.mu_c.copy_(estimate_mu_c(model, tdata.eval_loader(mu_ds, batch, workers, ctx), ctx.device, show_progress))
+    log.info("mu_c over %d %s images: mean %.5f, |mean| %.5f, max |mu_c| %.5f", len(mu_ds), mu_split,
+             float(model.mu_c.mean()), float(model.mu_c.abs().mean()), float(model.mu_c.abs().max()))
+    cal_ds = tdata.open_split(cfg_split, "_cal")
+    spec = cal_ds.spec
+    scores = collect_normal_scores(model, tdata.eval_loader(cal_ds, batch, workers, ctx), ctx.device,
+                                   tuple(spec.anomaly_ids), spec.ignore_id, int(cal.get("max_pixels", 20_000_000)),
+                                   show_progress)
+    by_mode = {m: score_statistics(v, target_fpr) for m, v in scores.items()}
+    mode = model.config.scoring_mode
+    stats = by_mode[mode]
+    threshold = stats["threshold"]
+    if not math.isfinite(threshold):
+        raise ValueError(f"calibrated threshold is not finite ({threshold})")
+    log.info("%s-mode scores on %s normal pixels: mean %.5f std %.5f p50 %.5f p99 %.5f max %.5f -> threshold "
+             "%.5f at FPR %.3g", mode, split, stats["mean"], stats["std"], stats["p50"], stats["p99"], stats["max"],
+             threshold, target_fpr)
+    meta.scoring_mode = mode
+    meta.model_config = model.config.to_dict()
+    meta.threshold = threshold
+    meta.calibration = {
+        "mu_c": [float(v) for v in model.mu_c.tolist()],
+        "mu_split": mu_split,
+        "mu_images": len(mu_ds),
+        "split": split,
+        "num_images": len(cal_ds),
+        "target_fpr": target_fpr,
+        "scoring_mode": mode,
+        "score_stats": {k: v for k, v in stats.items() if k != "threshold"},
+        "score_stats_by_mode": by_mode,
+        "threshold_rule": f"quantile {1 - target_fpr:g} of normal {split} pixel scores ({mode} mode)",
+    }
+    checkpoint_metadata({"metadata": meta.__dict__}, str(checkpoint))  # validate before writing
+    payload = {k: v for k, v in data.items() if k != "format"}
+    payload.update({"metadata": dict(meta.__dict__), "mu_c": meta.calibration["mu_c"],
+                    "model_config": model.config.to_dict(), "train_state": None})
+    target = Path(out_path) if out_path else Path(checkpoint)
+    save_checkpoint(target, payload)
+    log.info("calibrated checkpoint written to %s", target)
+    return target

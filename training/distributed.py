@@ -1,0 +1,88 @@
+"""One-process / multi-process (torchrun, DistributedDataParallel) plumbing.
+
+Everything else asks this module "am I rank 0?" so that logging, checkpoints and reports are written once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistContext:
+    """Where this process runs: rank, world size and device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str | None = None, backend: str = "auto") -> DistContext:
+    """Initialise torch.distributed from the torchrun environment (if present) and pick the device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        index = local_rank if world_size > 1 and dev.index is None else (dev.index or 0)
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
+    if world_size > 1 and not dist.is_initialized():
+        if backend == "auto":
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        log.info("distributed: rank %d/%d on %s (%s)", rank, world_size, dev, backend)
+    return DistContext(rank, world_size, local_rank, dev)
+
+
+def cleanup() -> None:
+    """Tear down the process group so that repeated runs in one process (tests) start clean."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum a tensor over ranks (in place, also returned); a no-op on one process."""
+    if ctx.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DistributedDataParallel (for state dicts that load without 'module.' prefixes)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def wrap(model: torch.nn.Module, ctx: DistContext, sync_bn: bool = False) -> torch.nn.Module:
+    """DDP-wrap a trainable module when several ranks run (optionally with SyncBatchNorm first)."""
+    if not ctx.distributed:
+        return model
+    if sync_bn and ctx.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif sync_bn:
+        log.warning("SyncBatchNorm needs CUDA; per-rank BatchNorm statistics on %s", ctx.device)
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -1,0 +1,38 @@
+"""`dicnet evaluate`: DiCNet (paper and code scoring) vs MSP / MaxLogit / entropy, both protocols, with plots."""
+
+from __future__ import annotations
+
+import argparse
+
+from dicnet_training import distributed as tdist
+from dicnet_training.calibrate import config_for
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options (the data come from --config or from the config stored in the checkpoint)."""
+    parser.add_argument("--checkpoint", required=True, help="calibrated pair checkpoint")
+    parser.add_argument("--config", default=None, help="config for the data (default: the one in the checkpoint)")
+    parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. data.root=/data/sim")
+    parser.add_argument("--split", default=None, help="split to evaluate (default: config eval.split, test)")
+    parser.add_argument("--out", required=True, help="report directory (report.md, report.json, PNGs)")
+    parser.add_argument("--minmax", action="store_true",
+                        help="also report DiCNet with per-image min-max (the official code's protocol variant)")
+    parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and write the report; the table is printed too."""
+    from dicnet_training.engine import setup_logging
+    from dicnet_training.evaluation import evaluate
+
+    setup_logging(None, True)
+    cfg = config_for(args.checkpoint, args.config, args.override)
+    try:
+        evaluate(args.checkpoint, cfg, args.out, args.split, args.minmax or None, args.device, not args.no_progress,
+                 args.max_images)
+    finally:
+        tdist.cleanup()
+    return 0

@@ -1,0 +1,192 @@
+"""Evaluation of a calibrated pair: DiCNet (paper and code scoring) against MSP / MaxLogit / entropy.
+
+Every map comes from ONE forward pass per image through the model's own preprocessing, is resized to the
+label resolution, and goes to one ``AnomalyEvaluator`` per method, so all methods see the same pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from dicnet_training import data as tdata
+from dicnet_training import distributed as tdist
+from dicnet_training import report
+from dicnet_training.engine import confusion_to_iou, progress, update_confusion
+
+from dicnet_ros.metrics import AnomalyEvaluator
+from dicnet_ros.model.checkpoint import model_from_checkpoint
+from dicnet_ros.model.scoring import anomaly_score, baseline_score, minmax_per_image
+from dicnet_ros.preprocessing import restore_size
+
+log = logging.getLogger("dicnet_training")
+
+DICNET_METHODS = ("dicnet_paper", "dicnet_code")
+BASELINE_METHODS = ("msp", "maxlogit", "entropy")
+
+
+@torch.no_grad()
+def score_maps(model: Any, images: torch.Tensor, size: tuple[int, int], minmax: bool = False) -> tuple[
+        dict[str, torch.Tensor], torch.Tensor]:
+    """All methods' (N, H, W) score maps at ``size`` and the teacher's class ids, from one forward pass."""
+    t, s = model.features(images)
+    tf, sf = t.feature.float(), s.float()
+    pp = model.preprocess_config
+    maps = {
+        "dicnet_paper": anomaly_score(tf, sf, "paper", model.mu_c),
+        "dicnet_code": anomaly_score(tf, sf, "code"),
+    }
+    logits = restore_size(t.logits.float(), pp, size)
+    out = {k: restore_size(v, pp, size)[:, 0] for k, v in maps.items()}
+    if minmax:
+        for k in DICNET_METHODS:
+            out[f"{k}_minmax"] = minmax_per_image(out[k])
+    for b in BASELINE_METHODS:
+        out[b] = baseline_score(logits, b)[:, 0]
+    return out, logits.argmax(1)
+
+
+def _score_range(name: str, first: torch.Tensor, num_classes: int, calibration: dict[str, Any]) -> tuple[float, float]:
+    """Histogram range per method (only used for the streaming pooled path on big sets)."""
+    if name == "msp" or name.endswith("_minmax"):
+        return 0.0, 1.0
+    if name == "entropy":
+        return 0.0, math.log(num_classes)
+    if name.startswith("dicnet"):
+        stats = (calibration.get("score_stats_by_mode") or {}).get(name.split("_")[1], {})
+        hi = max(float(stats.get("max", 0.0)) * 20.0, float(first.max()) * 4.0, 1e-6)
+        return 0.0, hi
+    lo, hi = float(first.min()), float(first.max())
+    span = max(hi - lo, 1.0)
+    return lo - 2 * span, hi + 2 * span
+
+
+def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, split: str | None = None,
+             minmax: bool | None = None, device: str | None = None, show_progress: bool = True,
+             max_images: int | None = None) -> dict[str, Any]:
+    """Run the benchmark on a split, write report.md / report.json / roc.png / pr.png / qualitative.png."""
+    ev = dict(cfg.get("eval") or {})
+    split = split or ev.get("split") or cfg["data"].get("test_split", "test")
+    minmax = bool(ev.get("minmax", False) if minmax is None else minmax)
+    out = Path(out_dir)
+    ctx = tdist.setup(device)
+    model, meta, _ = model_from_checkpoint(checkpoint, require_student=True)
+    model.to(ctx.device)
+    if not meta.calibration.get("mu_c"):
+        log.warning("%s is not calibrated: paper-mode scores use mu_c = 0 (identical to code mode); run "
+                    "`dicnet calibrate` first", checkpoint)
+    cfg_split = dict(cfg)
+    cfg_split["data"] = {**cfg["data"], "_eval": split}
+    ds = tdata.open_split(cfg_split, "_eval")
+    if max_images is not None and max_images < len(ds):
+        ds = tdata.Subset(ds, range(max_images))
+    spec = ds.spec
+    if list(spec.class_names) != list(meta.class_names):
+        raise ValueError(f"model classes {meta.class_names} differ from the dataset's {list(spec.class_names)}")
+    k = len(spec.class_names)
+    batch = int(ev.get("batch_size", 2))
+    loader = tdata.eval_loader(ds, batch, int(ev.get("workers", 0)), ctx)
+    evaluators: dict[str, AnomalyEvaluator] = {}
+    conf = torch.zeros(k, k, dtype=torch.float64)
+    rng = np.random.default_rng(0)
+    per_image_curve = max(1, int(ev.get("curve_pixels", 200_000)) // max(1, len(ds)))
+    curve_scores: dict[str, list[np.ndarray]] = {}
+    curve_pos: list[np.ndarray] = []
+    grid_rows: list[dict[str, np.ndarray]] = []
+    want_grid = int(ev.get("qualitative", 4))
+    anomaly_ids = np.asarray(spec.anomaly_ids)
+    forward_s, n_images, warm = 0.0, 0, False
+    for groups in progress(loader, show_progress and ctx.is_main, desc=f"evaluate {split}"):
+        for images, labels, _ in groups:
+            images_dev = images.to(ctx.device)
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            t0 = time.perf_counter()
+            maps, pred = score_maps(model, images_dev, tuple(labels.shape[-2:]), minmax)
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            if warm:  # the first batch pays for kernel selection / allocation: not part of the speed
+                forward_s += time.perf_counter() - t0
+                n_images += images.shape[0]
+            warm = True
+            maps_np = {m: v.cpu().numpy().astype(np.float32) for m, v in maps.items()}
+            pred_np = pred.cpu().numpy()
+            labels_np = labels.numpy()
+            update_confusion(conf, pred.cpu(), labels, k)
+            for m, v in maps_np.items():
+                if m not in evaluators:
+                    evaluators[m] = AnomalyEvaluator(
+                        spec.anomaly_ids, ignore_ids=(spec.ignore_id,),
+                        score_range=_score_range(m, maps[m], k, meta.calibration),
+                        num_bins=int(ev.get("num_bins", 10000)), keep_exact_pooled=bool(ev.get("exact_pooled", True)),
+                        per_image=True)
+                for i in range(v.shape[0]):
+                    evaluators[m].update(v[i], labels_np[i], pred_np[i])
+            for i in range(labels_np.shape[0]):
+                lab = labels_np[i].reshape(-1)
+                valid = np.flatnonzero(lab != spec.ignore_id)
+                pick = rng.choice(valid, min(per_image_curve, valid.size), replace=False) if valid.size else valid
+                curve_pos.append(np.isin(lab[pick], anomaly_ids))
+                for m, v in maps_np.items():
+                    curve_scores.setdefault(m, []).append(v[i].reshape(-1)[pick])
+                is_anom = np.isin(labels_np[i], anomaly_ids)
+                if len(grid_rows) < want_grid and is_anom.any():
+                    grid_rows.append({"image": images[i].numpy(), "label": labels_np[i], "pred": pred_np[i],
+                                      "anomaly": is_anom, "msp": maps_np["msp"][i],
+                                      "dicnet": maps_np[f"dicnet_{meta.scoring_mode}"][i]})
+    if ctx.distributed:
+        for e in evaluators.values():
+            e.all_reduce()
+        conf = tdist.all_reduce_sum(conf.to(ctx.device), ctx).cpu()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        results_by_method = {m: e.compute() for m, e in evaluators.items()}
+    miou, per_class = confusion_to_iou(conf)
+    first = next(iter(results_by_method.values()))
+    results: dict[str, Any] = {
+        "info": {
+            "checkpoint": str(checkpoint), "data_root": str(cfg["data"]["root"]), "split": split,
+            "num_images": len(ds), "anomaly_ids": list(spec.anomaly_ids), "ignore_id": spec.ignore_id,
+            "class_names": list(spec.class_names),
+            "network_size": f"{model.preprocess_config.width}x{model.preprocess_config.height}",
+            "teacher_backbone": model.config.teacher_backbone, "student_backbone": model.config.student_backbone,
+            "feature_channels": model.config.feature_channels, "teacher_norm": model.config.teacher_norm,
+            "scoring_mode": meta.scoring_mode, "threshold": meta.threshold, "device": str(ctx.device),
+            "batch_size": batch, "minmax": minmax, "calibrated": bool(meta.calibration.get("mu_c")),
+            "world_size": ctx.world_size,
+        },
+        "methods": {m: {"per_image": r["per_image"], "pooled": r["pooled"], "efpr": r["efpr"], "cfpr": r["cfpr"]}
+                    for m, r in results_by_method.items()},
+        "segmentation": {"miou": miou, "per_class_iou": per_class,
+                         "pixel_acc": float(conf.diag().sum() / conf.sum().clamp_min(1))},
+        "speed": {"images_per_second": n_images / forward_s if forward_s > 0 else float("nan"),
+                  "forward_seconds": forward_s, "images_timed": n_images, "excludes": "first batch (warm-up)"},
+        "per_image_images": first["per_image"]["num_images"],
+        "per_image_skipped": first["per_image"]["skipped_images"],
+        "pooled_method": first["pooled"].get("method"),
+    }
+    for m in results["methods"].values():
+        m["pooled"].pop("histogram", None)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        md, js = report.write_report(results, out)
+        pos = np.concatenate(curve_pos) if curve_pos else np.zeros(0, bool)
+        if pos.any() and (~pos).any():
+            samples = {m: np.concatenate(v) for m, v in curve_scores.items() if not m.endswith("_minmax")}
+            report.plot_curves(samples, pos, out,
+                               aupr={m: r["pooled"].get("aupr") for m, r in results["methods"].items()},
+                               auroc={m: r["pooled"].get("auroc") for m, r in results["methods"].items()})
+        if grid_rows:
+            # the runtime's colour range (0 .. in-distribution p99.9 or 1.5 x threshold), as the node shows it
+            report.qualitative_grid(grid_rows, k, spec.ignore_id, out / "qualitative.png",
+                                    meta.score_range if meta.calibration else None)
+        log.info("report written to %s and %s", md, js)
+        print(report.markdown_table(results))
+        print(f"teacher mIoU (known classes) {100 * miou:.2f} %, {results['speed']['images_per_second']:.2f} images/s")
+    return results
