@@ -131,3 +131,12 @@ def test_label_modes_export_matches_torch_backend(tiny_checkpoint: Path, tmp_pat
     b = load_model(result.onnx_path, "torch", "cpu").infer(image)  # mimics the export's label mode
     assert (a.semantic_labels == b.semantic_labels).all()
     assert np.abs(a.anomaly_score - b.anomaly_score).max() <= 1e-4 * np.abs(b.anomaly_score).max()
+
+
+def test_score_smoothing_exports_with_parity(tmp_path: Path) -> None:
+    from dicnet_ros.inference.random_models import preset_config, random_checkpoint
+
+    ckpt = random_checkpoint(tmp_path / "s.pt", {**preset_config("tiny", 5), "score_smoothing": 3}, (96, 64))
+    result = export_onnx(ckpt, tmp_path / "s.onnx", ExportOptions(dynamic=True, check_parity=3))
+    assert result.parity["max_rel_error"] <= 1e-4
+    assert _metadata(result.onnx_path).model_config["score_smoothing"] == 3

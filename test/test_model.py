@@ -84,6 +84,21 @@ def test_eq7_paper_and_code_modes_by_hand() -> None:
         anomaly_score(t, s, "variance")
 
 
+def test_score_smoothing_is_a_window_mean_without_padding() -> None:
+    t = torch.zeros(1, 2, 3, 3)
+    t[0, :, 1, 1] = 3.0  # one hot cell: score 9 there, 0 elsewhere (code mode, s = 0)
+    s = torch.zeros_like(t)
+    smooth = anomaly_score(t, s, "code", smoothing=3)[0, 0]
+    assert smooth[1, 1].item() == pytest.approx(9 / 9)  # full 3x3 window
+    assert smooth[0, 0].item() == pytest.approx(9 / 4)  # corner: 2x2 window, padding not counted
+    assert smooth[0, 1].item() == pytest.approx(9 / 6)  # edge: 2x3 window
+    assert torch.equal(anomaly_score(t, s, "code", smoothing=1), anomaly_score(t, s, "code"))
+    with pytest.raises(ValueError, match="odd"):
+        anomaly_score(t, s, "code", smoothing=2)
+    with pytest.raises(ValueError, match="score_smoothing"):
+        ModelConfig(num_classes=3, score_smoothing=4)
+
+
 def test_baselines_by_hand() -> None:
     logits = torch.tensor([2.0, 0.0, -1.0]).view(1, 3, 1, 1)
     e = [math.exp(v) for v in (2.0, 0.0, -1.0)]

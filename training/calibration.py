@@ -19,8 +19,8 @@ from dicnet_training import distributed as tdist
 from dicnet_training.engine import progress
 
 from dicnet_ros.model.checkpoint import checkpoint_metadata, load_checkpoint, model_from_checkpoint, save_checkpoint
-from dicnet_ros.model.dicnet import DiCNet
-from dicnet_ros.model.scoring import SCORING_MODES, anomaly_score, discrepancy_channel_sum
+from dicnet_ros.model.dicnet import DiCNet, ModelConfig
+from dicnet_ros.model.scoring import SCORING_MODES, discrepancy_channel_sum
 from dicnet_ros.preprocessing import restore_size
 
 log = logging.getLogger("dicnet_training")
@@ -70,7 +70,7 @@ def collect_normal_scores(model: DiCNet, loader: Any, device: torch.device, anom
             t = model.teacher(x).feature.float()
             s = model.student(x).float()
             size = tuple(labels.shape[-2:])
-            maps = {m: restore_size(anomaly_score(t, s, m, model.mu_c), model.preprocess_config, size)[:, 0].cpu()
+            maps = {m: restore_size(model.score_features(t, s, m), model.preprocess_config, size)[:, 0].cpu()
                     .numpy() for m in SCORING_MODES}
             lab = labels.numpy()
             normal = (lab != ignore_id) & ~np.isin(lab, anomaly_ids)
@@ -87,7 +87,8 @@ def collect_normal_scores(model: DiCNet, loader: Any, device: torch.device, anom
 
 def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path | None = None,
               split: str | None = None, mu_split: str | None = None, target_fpr: float | None = None,
-              scoring_mode: str | None = None, device: str | None = None, show_progress: bool = True) -> Path:
+              scoring_mode: str | None = None, device: str | None = None, show_progress: bool = True,
+              score_smoothing: int | None = None) -> Path:
     """Estimate mu_c and score statistics, set the threshold, and write the calibrated checkpoint atomically."""
     cal = dict(cfg.get("calibration") or {})
     target_fpr = float(target_fpr if target_fpr is not None else cal.get("target_fpr", 0.01))
@@ -102,6 +103,8 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
         if scoring_mode not in SCORING_MODES:
             raise ValueError(f"scoring mode must be one of {SCORING_MODES}")
         model.config.scoring_mode = scoring_mode
+    if score_smoothing is not None:
+        model.config = ModelConfig.from_dict({**model.config.to_dict(), "score_smoothing": int(score_smoothing)})
     model.to(ctx.device)
     workers = int((cfg.get("eval") or {}).get("workers", 0))
     batch = int((cfg.get("eval") or {}).get("batch_size", 2))

@@ -368,7 +368,7 @@ def validate_student(model: DiCNet, student: nn.Module, loader: Any, ctx: tdist.
             sums[0] += F.mse_loss(sf, tf, reduction="sum").double()
             sums[1] += tf.numel()
             if evaluator is not None and bool(torch.isin(labels, torch.tensor(anomaly_ids)).any()):
-                score = restore_size((tf - sf).pow(2).mean(1, keepdim=True), model.preprocess_config,
+                score = restore_size(model.score_features(tf, sf, "code"), model.preprocess_config,
                                      tuple(labels.shape[-2:]))[:, 0]
                 for s, lab in zip(score.cpu().numpy(), labels.numpy(), strict=True):
                     evaluator.update(s, lab)

@@ -22,7 +22,7 @@ from dicnet_training.engine import confusion_to_iou, progress, update_confusion
 
 from dicnet_ros.metrics import AnomalyEvaluator
 from dicnet_ros.model.checkpoint import model_from_checkpoint
-from dicnet_ros.model.scoring import anomaly_score, baseline_score, minmax_per_image
+from dicnet_ros.model.scoring import baseline_score, minmax_per_image
 from dicnet_ros.preprocessing import restore_size
 
 log = logging.getLogger("dicnet_training")
@@ -39,8 +39,8 @@ def score_maps(model: Any, images: torch.Tensor, size: tuple[int, int], minmax: 
     tf, sf = t.feature.float(), s.float()
     pp = model.preprocess_config
     maps = {
-        "dicnet_paper": anomaly_score(tf, sf, "paper", model.mu_c),
-        "dicnet_code": anomaly_score(tf, sf, "code"),
+        "dicnet_paper": model.score_features(tf, sf, "paper"),
+        "dicnet_code": model.score_features(tf, sf, "code"),
     }
     logits = restore_size(t.logits.float(), pp, size)
     out = {k: restore_size(v, pp, size)[:, 0] for k, v in maps.items()}

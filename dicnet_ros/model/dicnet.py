@@ -29,6 +29,7 @@ class ModelConfig:
     student_widths: list[int] | None = None
     teacher_norm: str = "bn_affine"
     scoring_mode: str = "paper"
+    score_smoothing: int = 1  # k x k mean of the score at feature resolution (1 = off, as in the paper)
     aux_head: bool = False
     dropout: float = 0.1
     teacher_pretrained: str | None = None  # None = torchvision cache if present, 'none', or a path
@@ -41,6 +42,8 @@ class ModelConfig:
             raise ValueError(f"scoring_mode must be one of {SCORING_MODES}, got {self.scoring_mode!r}")
         if self.num_classes < 2:
             raise ValueError("num_classes must be at least 2")
+        if self.score_smoothing < 1 or self.score_smoothing % 2 == 0:
+            raise ValueError(f"score_smoothing must be an odd window size >= 1, got {self.score_smoothing}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,8 +152,10 @@ class DiCNet(nn.Module):
 
     def score_features(self, teacher_feature: torch.Tensor, student_feature: torch.Tensor,
                        mode: str | None = None) -> torch.Tensor:
-        """(N, 1, h, w) score at feature resolution, with this model's mu_c."""
-        return anomaly_score(teacher_feature, student_feature, mode or self.scoring_mode, self.mu_c)
+        """(N, 1, h, w) score at feature resolution, with this model's mu_c and smoothing: the one place
+        every path (training validation, calibration, evaluation, export, backends) scores through."""
+        return anomaly_score(teacher_feature, student_feature, mode or self.scoring_mode, self.mu_c,
+                             self.config.score_smoothing)
 
     def features(self, images: torch.Tensor) -> tuple[TeacherOutput, torch.Tensor]:
         """Teacher output and student feature for uint8 images: the one pass evaluation derives every map from."""

@@ -7,6 +7,11 @@ DiCNet modes (the paper and the official code disagree; every reported number na
 Per-image min-max (the official code's last step) is an option for the paper protocol only: a vehicle needs
 scores that compare across frames, so the default path never uses it.
 
+``smoothing`` (odd k >= 1, default 1 = off, as in the paper) averages the per-pixel score over a k x k window
+at feature resolution before upsampling. Single-pixel discrepancies at 1/8 resolution are mostly noise (object
+edges, thin poles), while anomalies cover several cells; the averaging is part of the model's scoring, stored
+in its config and traced into the exported graph, so every path scores the same way.
+
 Teacher feature normalisations (``TEACHER_NORMS``): ``bn_affine`` = the BatchNorm output with its learned scale
 and shift (official code); ``standardized`` = (x - running_mean) / sqrt(running_var + eps) (paper Eq. 2).
 
@@ -17,6 +22,7 @@ Baselines from the same teacher's logits (higher = more anomalous): ``msp`` = 1 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 SCORING_MODES = ("paper", "code")
 TEACHER_NORMS = ("bn_affine", "standardized")
@@ -28,14 +34,20 @@ def anomaly_score(
     student_feature: torch.Tensor,
     mode: str = "paper",
     mu_c: torch.Tensor | None = None,
+    smoothing: int = 1,
 ) -> torch.Tensor:
-    """Per-pixel DiCNet score (N, 1, h, w) from the two (N, C, h, w) features at network resolution."""
+    """Per-pixel DiCNet score (N, 1, h, w) from the two (N, C, h, w) features at feature resolution."""
     if mode not in SCORING_MODES:
         raise ValueError(f"unknown scoring mode {mode!r}; choose one of {SCORING_MODES}")
+    if smoothing < 1 or smoothing % 2 == 0:
+        raise ValueError(f"score smoothing must be an odd window size >= 1, got {smoothing}")
     d = teacher_feature - student_feature
     if mode == "paper" and mu_c is not None:
         d = d - mu_c.to(d.dtype).view(1, -1, 1, 1)
-    return d.pow(2).mean(dim=1, keepdim=True)
+    score = d.pow(2).mean(dim=1, keepdim=True)
+    if smoothing > 1:
+        score = F.avg_pool2d(score, smoothing, stride=1, padding=smoothing // 2, count_include_pad=False)
+    return score
 
 
 def discrepancy_channel_sum(teacher_feature: torch.Tensor, student_feature: torch.Tensor) -> torch.Tensor:
