@@ -73,12 +73,21 @@ def official_reference(model: Any) -> Callable[[np.ndarray], tuple[np.ndarray, n
 
     Its data loader normalises on the host; here the same ``preprocess`` is used so only inference differs.
     """
+    import copy
+
     import torch
     import torch.nn.functional as F
 
+    from dicnet_ros.model.pyramid_pooling import MatrixAdaptiveAvgPool2d
     from dicnet_ros.preprocessing import preprocess
 
     cfg = model.preprocess_config
+    model = copy.deepcopy(model)
+    for module in model.modules():  # the official code pools with nn.AdaptiveAvgPool2d (same numbers)
+        if isinstance(module, torch.nn.Sequential):
+            for i, child in enumerate(module):
+                if isinstance(child, MatrixAdaptiveAvgPool2d):
+                    module[i] = torch.nn.AdaptiveAvgPool2d(child.bins)
 
     def run(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = image.shape[:2]

@@ -32,10 +32,13 @@ def _checkpoint_for(path: Path) -> tuple[Path, dict]:
     else:
         meta = OrtGraph(files.graphs["fused"], "fused", ["CPUExecutionProvider"], 1, "disable").metadata
     source = meta.source_checkpoint
-    if not source or not Path(source).is_file():
+    # where it was exported, else a file of that name beside the ONNX (how a packaged model ships both)
+    candidates = [Path(source), Path(path).with_name(Path(source).name)] if source else []
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
         raise ModelLoadError(f"{path}: the torch backend needs the source checkpoint, and the ONNX metadata names "
                              f"{source or 'none'}, which does not exist here; pass the .pt file instead")
-    return Path(source), meta.export
+    return found, meta.export
 
 
 class TorchModel(AnomalyModel):

@@ -66,7 +66,10 @@ def minmax_per_image(score: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 def baseline_score(logits: torch.Tensor, method: str) -> torch.Tensor:
     """Classic uncertainty baselines from segmentation logits (N, K, h, w) -> (N, 1, h, w)."""
     if method == "msp":
-        return 1.0 - logits.softmax(dim=1).amax(dim=1, keepdim=True)
+        # max softmax = exp(l_max - l_max) / sum_k exp(l_k - l_max) = 1 / sum_k exp(l_k - l_max): the same number
+        # without normalising every channel (a channel-axis softmax is a quarter of the CPU graph's time)
+        shifted = logits - logits.amax(dim=1, keepdim=True)
+        return 1.0 - shifted.exp().sum(dim=1, keepdim=True).reciprocal()
     if method == "maxlogit":
         return -logits.amax(dim=1, keepdim=True)
     if method == "entropy":
