@@ -291,19 +291,10 @@ def train_teacher(cfg: dict[str, Any], run_dir: Path, resume: bool = False, show
                 if out.aux_logits is not None and aux_weight > 0:
                     aux = F.interpolate(out.aux_logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
                     loss = loss + aux_weight * criterion(aux.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
+            step = _optimizer_step(loss, optimizer, scaler, scheduler, step, tb, "teacher")
             loss_sum += loss.detach().double().cpu()
             n += 1
-            if step % 20 == 0:
-                tb.scalar("teacher/loss", float(loss.detach()), step)
-                tb.scalar("teacher/lr", optimizer.param_groups[0]["lr"], step)
-        train_loss = float(tdist.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(n), dtype=torch.float64)])
-                                                .to(ctx.device), ctx)[0].cpu()) / max(1, n * ctx.world_size)
+        train_loss = _mean_over_ranks(loss_sum, n, ctx)
         val = validate_teacher(model, val_loader, ctx, show_progress and ctx.is_main, spec.anomaly_ids)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "val_miou": val["miou"],
                   "val_pixel_acc": val["pixel_acc"], "seconds": time.time() - t0, **{
@@ -352,6 +343,28 @@ def pair_from_teacher(teacher_path: str | Path, cfg: dict[str, Any]) -> tuple[Di
 
 
 @torch.no_grad()
+def _optimizer_step(loss: torch.Tensor, optimizer: Any, scaler: Any, scheduler: Any, step: int, tb: Any,
+                    stage: str) -> int:
+    """One (AMP-scaled) update shared by both training loops; logs loss and lr every 20 steps."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    step += 1
+    if step % 20 == 0:
+        tb.scalar(f"{stage}/loss", float(loss.detach()), step)
+        tb.scalar(f"{stage}/lr", optimizer.param_groups[0]["lr"], step)
+    return step
+
+
+def _mean_over_ranks(loss_sum: torch.Tensor, n: int, ctx: tdist.DistContext) -> float:
+    """Mean training loss of the epoch over every rank's batches."""
+    totals = torch.stack([loss_sum, torch.tensor(float(n), dtype=torch.float64)]).to(ctx.device)
+    totals = tdist.all_reduce_sum(totals, ctx).cpu()
+    return float(totals[0]) / max(1.0, float(totals[1]))
+
+
 def validate_student(model: DiCNet, student: nn.Module, loader: Any, ctx: tdist.DistContext, show: bool,
                      anomaly_ids: tuple[int, ...] = ()) -> dict[str, float]:
     """Mean distillation MSE on the validation split (+ code-mode AUPR where the split has anomalies)."""
@@ -451,18 +464,10 @@ def distill(cfg: dict[str, Any], teacher_path: str | Path, run_dir: Path, resume
                 with torch.no_grad():
                     target = model.teacher(x).feature
                 loss = F.mse_loss(net(x).float(), target.float())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
+            step = _optimizer_step(loss, optimizer, scaler, scheduler, step, tb, "student")
             loss_sum += loss.detach().double().cpu()
             n += 1
-            if step % 20 == 0:
-                tb.scalar("student/loss", float(loss.detach()), step)
-                tb.scalar("student/lr", optimizer.param_groups[0]["lr"], step)
-        train_loss = float(loss_sum) / max(1, n)
+        train_loss = _mean_over_ranks(loss_sum, n, ctx)
         val = validate_student(model, student, val_loader, ctx, show_progress and ctx.is_main, spec.anomaly_ids)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
                   "seconds": time.time() - t0, **({"val_aupr": val["aupr"]} if "aupr" in val else {})}
