@@ -476,3 +476,32 @@ def test_node_replay_with_sim_time(dataset: Path, tmp_path: Path, tiny_onnx: Pat
         image = image_msg_to_rgb(inputs[bagmod.stamp_to_ns(score.header.stamp)])
         np.testing.assert_array_equal(image_msg_to_array(score), model.infer(image).anomaly_score)
     shutil.rmtree(out)
+
+
+def test_bag_eval_matches_dicnet_evaluate(dataset: Path, tmp_path: Path) -> None:
+    """bag-eval (fused ONNX over a bag) against `dicnet evaluate` (the PyTorch checkpoint over the image files)."""
+    from dicnet_training.config import load_config
+    from dicnet_training.evaluation import evaluate
+    from dicnet_training.export import ExportOptions, export_onnx
+
+    from dicnet_ros.data.streethazards import STREETHAZARDS_SPEC
+    from dicnet_ros.inference.random_models import random_checkpoint
+    from dicnet_ros.model.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = random_checkpoint(tmp_path / "sh.pt", "tiny", (96, 64), num_classes=STREETHAZARDS_SPEC.num_classes)
+    data = load_checkpoint(ckpt)
+    data["metadata"]["class_names"] = list(STREETHAZARDS_SPEC.class_names)
+    save_checkpoint(ckpt, {k: v for k, v in data.items() if k != "format"})
+    onnx_path = export_onnx(ckpt, tmp_path / "sh.onnx", ExportOptions(dynamic=True)).onnx_path
+
+    bag = _make(dataset, tmp_path / "drive")
+    assert _eval(bag, tmp_path / "eval", onnx_path) == 0
+    from_bag = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]["dicnet"]
+    cfg = load_config("ci", [f"data.root={dataset}", "data.kind=streethazards", "eval.qualitative=0"])
+    report = evaluate(ckpt, cfg, tmp_path / "evaluate", "test", False, "cpu", show_progress=False)
+    from_evaluate = report["methods"]["dicnet_" + report["info"]["scoring_mode"]]
+    assert report["info"]["num_images"] == 4
+    for protocol in ("per_image", "pooled"):
+        for metric in ("auroc", "aupr", "fpr95"):
+            assert from_bag[protocol][metric] == pytest.approx(from_evaluate[protocol][metric], abs=2e-3), (
+                protocol, metric)
