@@ -342,7 +342,6 @@ def pair_from_teacher(teacher_path: str | Path, cfg: dict[str, Any]) -> tuple[Di
     return model, meta, data
 
 
-@torch.no_grad()
 def _optimizer_step(loss: torch.Tensor, optimizer: Any, scaler: Any, scheduler: Any, step: int, tb: Any,
                     stage: str) -> int:
     """One (AMP-scaled) update shared by both training loops; logs loss and lr every 20 steps."""
@@ -365,6 +364,7 @@ def _mean_over_ranks(loss_sum: torch.Tensor, n: int, ctx: tdist.DistContext) -> 
     return float(totals[0]) / max(1.0, float(totals[1]))
 
 
+@torch.no_grad()
 def validate_student(model: DiCNet, student: nn.Module, loader: Any, ctx: tdist.DistContext, show: bool,
                      anomaly_ids: tuple[int, ...] = ()) -> dict[str, float]:
     """Mean distillation MSE on the validation split (+ code-mode AUPR where the split has anomalies)."""
