@@ -260,10 +260,10 @@ def run_demo(out_dir: Path, model: str = "", bag: str = "", rate: float = 1.0, b
     finally:
         rclpy.try_shutdown()
 
+    import cv2
+
     overlays = [collected.overlay[k] for k in sorted(collected.overlay)]
     for i, frame in enumerate(overlays):
-        import cv2
-
         cv2.imwrite(str(out_dir / "overlays" / f"frame_{i:03d}.png"), frame[:, :, ::-1])
     animation = _write_animation(overlays, out_dir)
     gt = _ground_truth(bag_path, gt_topic)
