@@ -596,12 +596,6 @@ def latency_summary(values_ms: Sequence[float]) -> dict[str, Any]:
             "mean_ms": mean, "max_ms": float(arr.max()), "fps": 1000.0 / mean if mean > 0 else None}
 
 
-def _extras(result: Any) -> dict[str, np.ndarray]:
-    """Optional extra score maps of an InferenceResult (``extras['msp']`` once the backends expose it)."""
-    extras = getattr(result, "extras", None)
-    return dict(extras) if isinstance(extras, Mapping) else {}
-
-
 def _add_conn(writer: Writer, conn: Connection) -> Connection:
     """Copy a connection into another bag with its own definition, hash and QoS."""
     ts = typestore()
@@ -788,7 +782,7 @@ def _evaluate_stream(
                 infer_ms.append(float(res.timings_ms.get("inference", res.timings_ms.get("total", math.nan))))
                 score = np.asarray(res.anomaly_score, np.float32)
                 mask = np.asarray(res.anomaly_mask, bool)
-                scores = {"dicnet": score, **{k: np.asarray(v, np.float32) for k, v in _extras(res).items()}}
+                scores = {"dicnet": score, **{k: np.asarray(v, np.float32) for k, v in res.extras.items()}}
                 over = overlay(rgb, mask)  # mask tint: the score itself is on anomaly_score
                 if writer is not None:
                     for name, arr, enc in (("anomaly_score", score, "32FC1"),

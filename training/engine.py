@@ -258,13 +258,7 @@ def train_teacher(cfg: dict[str, Any], run_dir: Path, resume: bool = False, show
         else:
             data, path = found
             tdist.unwrap(net).load_state_dict(data["teacher"])
-            st = data["train_state"]
-            optimizer.load_state_dict(st["optimizer"])
-            scheduler.load_state_dict(st["scheduler"])
-            scaler.load_state_dict(st["scaler"])
-            start_epoch, step = int(st["epoch"]), int(st["step"])
-            best, best_epoch, history = float(st["best_metric"]), int(st["best_epoch"]), list(st["history"])
-            ckpt.set_rng_state(st["rng"])
+            start_epoch, step, best, best_epoch, history = _restore_train_state(data, optimizer, scheduler, scaler)
             log.info("resumed from %s after epoch %d (step %d, best mIoU %.4f)", path, start_epoch, step, best)
     criterion = nn.CrossEntropyLoss(ignore_index=int(spec.ignore_id))
     aux_weight = float(tc.get("aux_weight") or 0.0)
@@ -340,6 +334,19 @@ def pair_from_teacher(teacher_path: str | Path, cfg: dict[str, Any]) -> tuple[Di
     model = build_dicnet(fields, meta.preprocess_config)
     model.teacher.load_state_dict(teacher_model.teacher.state_dict())
     return model, meta, data
+
+
+def _restore_train_state(data: dict[str, Any], optimizer: Any, scheduler: Any,
+                         scaler: Any) -> tuple[int, int, float, int, list[dict[str, Any]]]:
+    """Optimizer / scheduler / scaler / RNG state of a ``last.pt`` (both loops resume the same way);
+    returns (epoch, step, best metric, best epoch, history)."""
+    st = data["train_state"]
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st["scheduler"])
+    scaler.load_state_dict(st["scaler"])
+    ckpt.set_rng_state(st["rng"])
+    return (int(st["epoch"]), int(st["step"]), float(st["best_metric"]), int(st["best_epoch"]),
+            list(st["history"]))
 
 
 def _optimizer_step(loss: torch.Tensor, optimizer: Any, scaler: Any, scheduler: Any, step: int, tb: Any,
@@ -438,13 +445,7 @@ def distill(cfg: dict[str, Any], teacher_path: str | Path, run_dir: Path, resume
         else:
             data, path = found
             student.load_state_dict(data["student"])
-            st = data["train_state"]
-            optimizer.load_state_dict(st["optimizer"])
-            scheduler.load_state_dict(st["scheduler"])
-            scaler.load_state_dict(st["scaler"])
-            start_epoch, step = int(st["epoch"]), int(st["step"])
-            best, best_epoch, history = float(st["best_metric"]), int(st["best_epoch"]), list(st["history"])
-            ckpt.set_rng_state(st["rng"])
+            start_epoch, step, best, best_epoch, history = _restore_train_state(data, optimizer, scheduler, scaler)
             log.info("resumed from %s after epoch %d (best val loss %.5f)", path, start_epoch, best)
     tb = TensorBoard(run_dir, ctx.is_main)
     log.info("student: %d epochs x %d steps, batch %d x %d ranks, teacher %s (frozen, eval mode)",
