@@ -131,3 +131,31 @@ def test_ddp_two_ranks_gloo(sim_root: Path, tmp_path: Path) -> None:
     assert not any(k.startswith("module.") for k in data["teacher"])
     log = (out / "train.log").read_text()
     assert "rank 0/2" in log and "rank 1/2" not in log  # only rank 0 writes the log
+
+
+def test_init_from_starts_from_another_checkpoint(sim_root: Path, tmp_path: Path) -> None:
+    """--init-from loads the weights (fine-tuning): with lr 0 the student's parameters stay those of the source;
+    a checkpoint without the part, or of another architecture, is a clear error."""
+    from dicnet_training.engine import load_init_weights
+
+    from dicnet_ros.model.checkpoint import CheckpointError
+    from dicnet_ros.model.dicnet import build_dicnet
+
+    teacher, source, tuned = tmp_path / "t", tmp_path / "s", tmp_path / "tuned"
+    assert dicnet(["train-teacher", *_ci(sim_root, "teacher.epochs=1"), "--out", str(teacher)]) == 0
+    assert dicnet(["distill", *_ci(sim_root, "student.epochs=1"), "--teacher", str(teacher / "best.pt"),
+                   "--out", str(source)]) == 0
+    assert dicnet(["distill", *_ci(sim_root, "student.epochs=1", "student.lr=0", "student.weight_decay=0"),
+                   "--teacher", str(teacher / "best.pt"), "--out", str(tuned),
+                   "--init-from", str(source / "best.pt")]) == 0
+    src_model, _, _ = model_from_checkpoint(source / "best.pt")
+    tuned_model, _, _ = model_from_checkpoint(tuned / "last.pt")
+    for (name, a), (_, b) in zip(src_model.student.named_parameters(), tuned_model.student.named_parameters(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+
+    with pytest.raises(CheckpointError, match="no student"):
+        load_init_weights(tuned_model.student, teacher / "best.pt", "student")
+    other = build_dicnet({**src_model.config.to_dict(), "student_widths": [8, 8, 8, 8]}, src_model.preprocess_config)
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_init_weights(other.student, source / "best.pt", "student")

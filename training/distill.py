@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--teacher", required=True, help="teacher checkpoint (best.pt of train-teacher)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt after an interruption")
+    parser.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                        help="fine-tune: start from this checkpoint's weights (e.g. models/dicnet_sim_default.pt) "
+                             "with a fresh optimiser and schedule")
     parser.add_argument("--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -26,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(cfg["out_dir"]) / "student"
     try:
         best = distill(cfg, args.teacher, out, resume=args.resume, show_progress=not args.no_progress,
-                       device=args.device, stop_after_epochs=args.stop_after_epochs)
+                       device=args.device, stop_after_epochs=args.stop_after_epochs,
+                       init_from=args.init_from)
     finally:
         tdist.cleanup()
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per rank

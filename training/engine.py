@@ -221,7 +221,8 @@ def _train_state(epoch: int, step: int, optimizer: Any, scheduler: Any, scaler: 
 
 
 def train_teacher(cfg: dict[str, Any], run_dir: Path, resume: bool = False, show_progress: bool = True,
-                  device: str | None = None, stop_after_epochs: int | None = None) -> Path:
+                  device: str | None = None, stop_after_epochs: int | None = None,
+                  init_from: str | Path | None = None) -> Path:
     """Train the segmentation teacher; returns the path of ``best.pt`` (by validation mIoU)."""
     ctx = _common_setup(cfg, run_dir, device)
     tc = cfg["teacher"]
@@ -251,15 +252,16 @@ def train_teacher(cfg: dict[str, Any], run_dir: Path, resume: bool = False, show
     use_amp = bool(cfg.get("amp", True)) and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, step, best, best_epoch, history = 0, 0, -1.0, -1, []
-    if resume:
-        found = ckpt.load_resume_state(run_dir)
-        if found is None:
-            log.info("--resume: no %s/last.pt yet, starting fresh", run_dir)
-        else:
-            data, path = found
-            tdist.unwrap(net).load_state_dict(data["teacher"])
-            start_epoch, step, best, best_epoch, history = _restore_train_state(data, optimizer, scheduler, scaler)
-            log.info("resumed from %s after epoch %d (step %d, best mIoU %.4f)", path, start_epoch, step, best)
+    found = ckpt.load_resume_state(run_dir) if resume else None
+    if resume and found is None:
+        log.info("--resume: no %s/last.pt yet, starting fresh", run_dir)
+    if found is None and init_from is not None:
+        load_init_weights(tdist.unwrap(net), init_from, "teacher")
+    if found is not None:
+        data, path = found
+        tdist.unwrap(net).load_state_dict(data["teacher"])
+        start_epoch, step, best, best_epoch, history = _restore_train_state(data, optimizer, scheduler, scaler)
+        log.info("resumed from %s after epoch %d (step %d, best mIoU %.4f)", path, start_epoch, step, best)
     criterion = nn.CrossEntropyLoss(ignore_index=int(spec.ignore_id))
     aux_weight = float(tc.get("aux_weight") or 0.0)
     tb = TensorBoard(run_dir, ctx.is_main)
@@ -336,6 +338,21 @@ def pair_from_teacher(teacher_path: str | Path, cfg: dict[str, Any]) -> tuple[Di
     return model, meta, data
 
 
+def load_init_weights(module: nn.Module, path: str | Path, part: str) -> None:
+    """Start a run from the ``part`` ('teacher' or 'student') weights of another checkpoint (fine-tuning, e.g.
+    from the shipped model); the optimiser and schedule start fresh. A resumed ``last.pt`` takes precedence."""
+    from dicnet_ros.model.checkpoint import CheckpointError, load_checkpoint
+
+    state = load_checkpoint(path).get(part)
+    if state is None:
+        raise CheckpointError(f"{path}: holds no {part} weights to start from")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: its {part} does not match the model config of this run ({exc})") from exc
+    log.info("%s initialised from %s (fresh optimiser and schedule)", part, path)
+
+
 def _restore_train_state(data: dict[str, Any], optimizer: Any, scheduler: Any,
                          scaler: Any) -> tuple[int, int, float, int, list[dict[str, Any]]]:
     """Optimizer / scheduler / scaler / RNG state of a ``last.pt`` (both loops resume the same way);
@@ -400,7 +417,8 @@ def validate_student(model: DiCNet, student: nn.Module, loader: Any, ctx: tdist.
 
 
 def distill(cfg: dict[str, Any], teacher_path: str | Path, run_dir: Path, resume: bool = False,
-            show_progress: bool = True, device: str | None = None, stop_after_epochs: int | None = None) -> Path:
+            show_progress: bool = True, device: str | None = None, stop_after_epochs: int | None = None,
+            init_from: str | Path | None = None) -> Path:
     """Distil the student from the frozen teacher (Eq. 6); returns ``best.pt`` (lowest val loss), a pair."""
     ctx = _common_setup(cfg, run_dir, device)
     sc = cfg["student"]
@@ -438,15 +456,16 @@ def distill(cfg: dict[str, Any], teacher_path: str | Path, run_dir: Path, resume
     use_amp = bool(cfg.get("amp", True)) and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, step, best, best_epoch, history = 0, 0, math.inf, -1, []
-    if resume:
-        found = ckpt.load_resume_state(run_dir)
-        if found is None:
-            log.info("--resume: no %s/last.pt yet, starting fresh", run_dir)
-        else:
-            data, path = found
-            student.load_state_dict(data["student"])
-            start_epoch, step, best, best_epoch, history = _restore_train_state(data, optimizer, scheduler, scaler)
-            log.info("resumed from %s after epoch %d (best val loss %.5f)", path, start_epoch, best)
+    found = ckpt.load_resume_state(run_dir) if resume else None
+    if resume and found is None:
+        log.info("--resume: no %s/last.pt yet, starting fresh", run_dir)
+    if found is None and init_from is not None:
+        load_init_weights(student, init_from, "student")
+    if found is not None:
+        data, path = found
+        student.load_state_dict(data["student"])
+        start_epoch, step, best, best_epoch, history = _restore_train_state(data, optimizer, scheduler, scaler)
+        log.info("resumed from %s after epoch %d (best val loss %.5f)", path, start_epoch, best)
     tb = TensorBoard(run_dir, ctx.is_main)
     log.info("student: %d epochs x %d steps, batch %d x %d ranks, teacher %s (frozen, eval mode)",
              epochs, len(loader), sc["batch_size"], ctx.world_size, teacher_path)

@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options; the config file holds the rest."""
     add_config_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt after an interruption")
+    parser.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                        help="fine-tune: start from this checkpoint's weights (e.g. models/dicnet_sim_default.pt) "
+                             "with a fresh optimiser and schedule")
     parser.add_argument("--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -25,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(cfg["out_dir"]) / "teacher"
     try:
         best = train_teacher(cfg, out, resume=args.resume, show_progress=not args.no_progress, device=args.device,
-                             stop_after_epochs=args.stop_after_epochs)
+                             stop_after_epochs=args.stop_after_epochs,
+                             init_from=args.init_from)
     finally:
         tdist.cleanup()
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per rank
