@@ -103,12 +103,6 @@ def overlay(image_rgb: np.ndarray, values: np.ndarray, alpha: float = 0.5,
         raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image_rgb.dtype} {image_rgb.shape}")
     height, width = image_rgb.shape[:2]
     is_mask = values.dtype == np.bool_ or values.dtype == np.uint8
-    if heat is not None and not is_mask:
-        if heat.shape != image_rgb.shape or heat.dtype != np.uint8:
-            raise ValueError(f"heat must be uint8 shaped like the image {image_rgb.shape}, got {heat.dtype} "
-                             f"{heat.shape}")
-        blended = cv2.addWeighted(np.ascontiguousarray(image_rgb), 1.0 - alpha, heat, alpha, 0.0)
-        return _clear_below(blended, image_rgb, values, score_range) if clear_below else blended
     if values.shape[:2] != (height, width):
         interpolation = cv2.INTER_NEAREST if is_mask else cv2.INTER_LINEAR
         src = values.view(np.uint8) if values.dtype == np.bool_ else values
@@ -122,15 +116,11 @@ def overlay(image_rgb: np.ndarray, values: np.ndarray, alpha: float = 0.5,
     lo, hi = score_range if score_range is not None else (float(np.nanmin(values)), float(np.nanmax(values)))
     if not hi > lo:
         hi = lo + 1e-6
-    heat = colorize_score(values, lo, hi, colormap)
+    if heat is None:
+        heat = colorize_score(values, lo, hi, colormap)
+    elif heat.shape != image.shape or heat.dtype != np.uint8:
+        raise ValueError(f"heat must be uint8 shaped like the image {image.shape}, got {heat.dtype} {heat.shape}")
     blended = cv2.addWeighted(image, 1.0 - alpha, heat, alpha, 0.0)
-    return _clear_below(blended, image, values, (lo, hi)) if clear_below else blended
-
-
-def _clear_below(blended: np.ndarray, image: np.ndarray, values: np.ndarray,
-                 score_range: Sequence[float] | None) -> np.ndarray:
-    """Put the camera pixels back where the score is below the colour range (one compare + masked copy)."""
-    if score_range is None or values.shape[:2] != image.shape[:2]:
-        return blended
-    below = np.less(values, np.float32(score_range[0])).view(np.uint8)
-    return cv2.copyTo(np.ascontiguousarray(image), below, blended)
+    if clear_below:  # camera pixels back where the score is below the colour range (compare + masked copy)
+        blended = cv2.copyTo(image, np.less(values, np.float32(lo)).view(np.uint8), blended)
+    return blended

@@ -12,10 +12,7 @@ from dicnet_ros.model.checkpoint import checkpoint_metadata, load_checkpoint
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options (the data come from --config or from the config stored in the checkpoint)."""
-    parser.add_argument("--checkpoint", required=True, help="pair checkpoint (best.pt of distill)")
-    parser.add_argument("--config", default=None, help="config for the data (default: the one in the checkpoint)")
-    parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. data.root=/data/sim")
+    add_checkpoint_config_arguments(parser, "pair checkpoint (best.pt of distill)")
     parser.add_argument("--split", default=None, help="split for the score statistics (default val)")
     parser.add_argument("--mu-split", default=None, help="split for mu_c (default: config, train)")
     parser.add_argument("--target-fpr", type=float, default=None,
@@ -27,6 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="write a new checkpoint here (default: update in place)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
+
+
+def add_checkpoint_config_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """--checkpoint, and --config / --override for its data (resolved by ``config_for``)."""
+    parser.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    parser.add_argument("--config", default=None, help="config for the data (default: the one in the checkpoint)")
+    parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. data.root=/data/sim")
 
 
 def config_for(checkpoint: str, config: str | None, overrides: list[str]) -> dict:

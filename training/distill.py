@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
+import functools
 
-from dicnet_training import distributed as tdist
-from dicnet_training.config import add_config_arguments, load_config
+from dicnet_training.stage_cli import add_stage_arguments, run_stage
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options; the config file holds the rest."""
-    add_config_arguments(parser)
+    add_stage_arguments(parser)
     parser.add_argument("--teacher", required=True, help="teacher checkpoint (best.pt of train-teacher)")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt after an interruption")
-    parser.add_argument("--init-from", default=None, metavar="CHECKPOINT",
-                        help="fine-tune: start from this checkpoint's weights (e.g. models/dicnet_sim_default.pt) "
-                             "with a fresh optimiser and schedule")
-    parser.add_argument("--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
     """Distil; the run dir gets last.pt, best.pt (lowest val loss, a teacher+student pair) and logs."""
     from dicnet_training.engine import distill
 
-    cfg = load_config(args.config, args.override)
-    out = Path(args.out) if args.out else Path(cfg["out_dir"]) / "student"
-    try:
-        best = distill(cfg, args.teacher, out, resume=args.resume, show_progress=not args.no_progress,
-                       device=args.device, stop_after_epochs=args.stop_after_epochs,
-                       init_from=args.init_from)
-    finally:
-        tdist.cleanup()
-    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per rank
-        print(best)
-    return 0
+    return run_stage(args, "student", functools.partial(distill, teacher_path=args.teacher))

@@ -5,15 +5,12 @@ from __future__ import annotations
 import argparse
 
 from dicnet_training import distributed as tdist
-from dicnet_training.calibrate import config_for
+from dicnet_training.calibrate import add_checkpoint_config_arguments, config_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options (the data come from --config or from the config stored in the checkpoint)."""
-    parser.add_argument("--checkpoint", required=True, help="calibrated pair checkpoint")
-    parser.add_argument("--config", default=None, help="config for the data (default: the one in the checkpoint)")
-    parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. data.root=/data/sim")
+    add_checkpoint_config_arguments(parser, "calibrated pair checkpoint")
     parser.add_argument("--split", default=None, help="split to evaluate (default: config eval.split, test)")
     parser.add_argument("--out", required=True, help="report directory (report.md, report.json, PNGs)")
     parser.add_argument("--minmax", action="store_true",

@@ -3,35 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
-from dicnet_training import distributed as tdist
-from dicnet_training.config import add_config_arguments, load_config
+from dicnet_training.stage_cli import add_stage_arguments, run_stage
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options; the config file holds the rest."""
-    add_config_arguments(parser)
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt after an interruption")
-    parser.add_argument("--init-from", default=None, metavar="CHECKPOINT",
-                        help="fine-tune: start from this checkpoint's weights (e.g. models/dicnet_sim_default.pt) "
-                             "with a fresh optimiser and schedule")
-    parser.add_argument("--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS)
+    add_stage_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train; the run dir gets last.pt, best.pt (val mIoU), train.log and TensorBoard events."""
     from dicnet_training.engine import train_teacher
 
-    cfg = load_config(args.config, args.override)
-    out = Path(args.out) if args.out else Path(cfg["out_dir"]) / "teacher"
-    try:
-        best = train_teacher(cfg, out, resume=args.resume, show_progress=not args.no_progress, device=args.device,
-                             stop_after_epochs=args.stop_after_epochs,
-                             init_from=args.init_from)
-    finally:
-        tdist.cleanup()
-    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per rank
-        print(best)
-    return 0
+    return run_stage(args, "teacher", train_teacher)

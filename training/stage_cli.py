@@ -1,0 +1,35 @@
+"""The command line both training stages share (`dicnet train-teacher`, `dicnet distill`): options and run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from dicnet_training import distributed as tdist
+from dicnet_training.config import add_config_arguments, load_config
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
+    """Config, output, device, --resume and --init-from; the config file holds the rest."""
+    add_config_arguments(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt after an interruption")
+    parser.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                        help="fine-tune: start from this checkpoint's weights (e.g. models/dicnet_sim_default.pt) "
+                             "with a fresh optimiser and schedule")
+    parser.add_argument("--stop-after-epochs", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def run_stage(args: argparse.Namespace, stage: str, train: Callable[..., Path]) -> int:
+    """Run one stage into ``--out`` (default: config out_dir/<stage>); rank 0 prints the best checkpoint."""
+    cfg = load_config(args.config, args.override)
+    out = Path(args.out) if args.out else Path(cfg["out_dir"]) / stage
+    try:
+        best = train(cfg, run_dir=out, resume=args.resume, show_progress=not args.no_progress, device=args.device,
+                     stop_after_epochs=args.stop_after_epochs, init_from=args.init_from)
+    finally:
+        tdist.cleanup()
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per rank
+        print(best)
+    return 0
