@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from dicnet_ros.inference import BackendUnavailableError, ModelLoadError, load_model
-from dicnet_ros.inference.metadata import METADATA_KEY
-from dicnet_ros.inference.registry import available_backends, resolve_backend
+from dicnet_ros.inference.availability import available_backends
+from dicnet_ros.inference.registry import resolve_backend
+from dicnet_ros.metadata import METADATA_KEY
 
 onnx = pytest.importorskip("onnx")
 

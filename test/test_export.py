@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 
 from dicnet_training.export import ExportOptions, check_parity, export_onnx, random_images  # noqa: E402
 
-from dicnet_ros.inference.metadata import METADATA_KEY, ModelMetadata  # noqa: E402
 from dicnet_ros.inference.ort_backend import OrtModel  # noqa: E402
+from dicnet_ros.metadata import METADATA_KEY, ModelMetadata  # noqa: E402
 from dicnet_ros.model.checkpoint import model_from_checkpoint  # noqa: E402
 
 

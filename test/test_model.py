@@ -8,7 +8,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from dicnet_ros.inference.metadata import ModelMetadata
+from dicnet_ros.metadata import ModelMetadata
 from dicnet_ros.model import ModelConfig, Teacher, anomaly_score, baseline_score, build_dicnet
 from dicnet_ros.model.backbones import BACKBONES, build_backbone
 from dicnet_ros.model.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint

@@ -136,7 +136,7 @@ def test_missing_tensorrt_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tiny
         import_tensorrt()
     message = str(info.value)
     assert "pip install tensorrt" in message and "NVIDIA GPU" in message and "onnxruntime" in message
-    monkeypatch.setattr("dicnet_ros.inference.registry._has", lambda name: name != "tensorrt")
+    monkeypatch.setattr("dicnet_ros.inference.availability.has_module", lambda name: name != "tensorrt")
     with pytest.raises(BackendUnavailableError, match=r"tensorrt.*available: onnxruntime"):
         load_model(tiny_onnx, "tensorrt")
     assert load_model(tiny_onnx, "auto").backend_name == "onnxruntime"  # the others still work

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dicnet_ros import __version__
-from dicnet_ros.inference.metadata import ModelMetadata
+from dicnet_ros.metadata import ModelMetadata
 from dicnet_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from dicnet_ros.model.dicnet import DiCNet, ModelConfig
 from dicnet_ros.preprocessing import PreprocessConfig

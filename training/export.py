@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dicnet_ros.inference.metadata import METADATA_KEY, ModelMetadata
+from dicnet_ros.metadata import METADATA_KEY, ModelMetadata
 from dicnet_ros.model.checkpoint import model_from_checkpoint
 from dicnet_ros.model.dicnet import LABEL_MODES, DiCNet
 from dicnet_ros.preprocessing import parse_size

@@ -4,6 +4,7 @@ Only numpy, OpenCV and PyYAML are needed to read data; datasets hand out uint8 R
 label ids, and the model's own preprocessing does the rest.
 """
 
-from dicnet_ros.data.base import DatasetSpec, Sample, SegmentationDataset, open_dataset
+from dicnet_ros.data.base import DatasetSpec, Sample, SegmentationDataset
+from dicnet_ros.data.detect import open_dataset
 
 __all__ = ["DatasetSpec", "Sample", "SegmentationDataset", "open_dataset"]

@@ -10,7 +10,6 @@ below the offset, unknown values) becomes ``ignore_id``. Only numpy, OpenCV and 
 
 from __future__ import annotations
 
-import inspect
 import logging
 import operator
 import re
@@ -26,7 +25,6 @@ import yaml
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-KINDS: tuple[str, ...] = ("auto", "streethazards", "bdd_anomaly", "folder")
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: Name of the dataset description file the simulator and the folder dataset put in the root.
 DATASET_YAML = "dataset.yaml"
@@ -288,58 +286,3 @@ def pair_label(image: Path, label: Path) -> tuple[str, str]:
     if not label.is_file():
         raise FileNotFoundError(f"image {image} has no label: expected {label}")
     return str(image), str(label)
-
-
-def detect_kind(root: Path) -> str:
-    """Guess the dataset layout from the directory tree."""
-    from dicnet_ros.data.bdd_anomaly import looks_like_bdd
-    from dicnet_ros.data.streethazards import looks_like_streethazards
-
-    if root.is_file() and root.suffix.lower() in (".yaml", ".yml"):
-        return "folder"
-    yaml_path = root / DATASET_YAML
-    if yaml_path.is_file() and "splits" in read_yaml(yaml_path):
-        return "folder"
-    if looks_like_streethazards(root):
-        return "streethazards"
-    if looks_like_bdd(root):
-        return "bdd_anomaly"
-    raise ValueError(
-        f"cannot tell the dataset layout of {root}: expected a StreetHazards tree "
-        "(train/images/training, train/images/validation or test/images/test), a BDD-Anomaly tree "
-        "(seg/images + seg/train_labels) or a dataset.yaml with 'splits'; pass kind= explicitly"
-    )
-
-
-def open_dataset(root: str | Path, split: str, kind: str = "auto", **options: Any) -> SegmentationDataset:
-    """Open ``split`` ('train' | 'val' | 'test') of the dataset at ``root``.
-
-    ``kind`` is 'auto' (detect from the tree), 'streethazards' (option ``odgt=``), 'bdd_anomaly'
-    (options ``anomaly_ids=``, ``cache=``) or 'folder' (option ``config=`` for a yaml other than
-    root/dataset.yaml).
-    """
-    from dicnet_ros.data.bdd_anomaly import BDDAnomaly
-    from dicnet_ros.data.folder import FolderDataset
-    from dicnet_ros.data.streethazards import StreetHazards
-
-    root = Path(root).expanduser()
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    if kind not in KINDS:
-        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {KINDS}")
-    if not root.exists():
-        raise FileNotFoundError(f"dataset root not found: {root}")
-    if kind == "auto":
-        kind = "streethazards" if options.get("odgt") else detect_kind(root)
-        log.info("detected dataset kind %r at %s", kind, root)
-    classes: dict[str, type[SegmentationDataset]] = {
-        "streethazards": StreetHazards,
-        "bdd_anomaly": BDDAnomaly,
-        "folder": FolderDataset,
-    }
-    cls = classes[kind]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "root", "split")]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"{kind} dataset does not take option(s) {unknown}; it accepts {accepted}")
-    return cls(root, split, **options)

@@ -10,9 +10,9 @@ from dicnet_ros.inference.base import (
     BackendUnavailableError,
     InferenceResult,
     ModelLoadError,
-    load_model,
 )
-from dicnet_ros.inference.metadata import MetadataError, ModelMetadata
+from dicnet_ros.inference.registry import load_model
+from dicnet_ros.metadata import MetadataError, ModelMetadata
 
 __all__ = [
     "BACKENDS",

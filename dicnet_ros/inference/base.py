@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicnet_ros.inference.metadata import ModelMetadata
+from dicnet_ros.metadata import ModelMetadata
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
@@ -83,11 +83,3 @@ class AnomalyModel(abc.ABC):
     def describe(self) -> dict[str, str]:
         return {"backend": self.backend_name, "device": self.device, "model": str(self.path)}
 
-
-def load_model(path: str | Path, backend: str = "auto", device: str = "auto", **options) -> AnomalyModel:
-    """Open a model file with a backend; ``auto`` picks TensorRT, then ONNX Runtime, then PyTorch."""
-    from dicnet_ros.inference.registry import open_backend
-
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return open_backend(Path(path), backend, device, **options)

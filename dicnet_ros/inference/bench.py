@@ -156,7 +156,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from dicnet_ros.inference import BackendUnavailableError, load_model
-    from dicnet_ros.inference.registry import tensorrt_status
+    from dicnet_ros.inference.availability import tensorrt_status
     from dicnet_ros.model.checkpoint import model_from_checkpoint
 
     threads = args.threads or torch.get_num_threads()

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from dicnet_ros.inference.base import ModelLoadError
-from dicnet_ros.inference.metadata import METADATA_KEY, MetadataError, ModelMetadata
+from dicnet_ros.metadata import METADATA_KEY, MetadataError, ModelMetadata
 
 SEPARATE_FORMAT = "dicnet-separate/1"
 SEPARATE_ROLES = ("teacher", "student", "score")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dicnet_ros.inference.base import BACKENDS, BackendUnavailableError, ModelLoadError, load_model
+from dicnet_ros.inference.base import BACKENDS, BackendUnavailableError, ModelLoadError
+from dicnet_ros.inference.registry import load_model
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 

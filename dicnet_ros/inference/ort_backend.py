@@ -19,7 +19,7 @@ from dicnet_ros.inference.graphs import (
     parse_metadata,
     resolve_model_files,
 )
-from dicnet_ros.inference.metadata import ModelMetadata
+from dicnet_ros.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 

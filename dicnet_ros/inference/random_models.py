@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dicnet_ros.inference.metadata import ModelMetadata
+from dicnet_ros.metadata import ModelMetadata
 
 # name -> ModelConfig keyword arguments (num_classes is added by ``preset_config``)
 MODEL_PRESETS: dict[str, dict[str, Any]] = {

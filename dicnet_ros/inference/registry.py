@@ -7,12 +7,12 @@ a machine without TensorRT (or without torch) still runs the others, and errors 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
-from dicnet_ros.inference.base import AnomalyModel, BackendUnavailableError
+from dicnet_ros.inference.availability import describe_available, has_module, tensorrt_status
+from dicnet_ros.inference.base import BACKENDS, AnomalyModel, BackendUnavailableError
 from dicnet_ros.inference.graphs import check_file, is_checkpoint
 
 log = logging.getLogger(__name__)
@@ -22,64 +22,6 @@ BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
     "tensorrt": ("cache_dir", "force_rebuild", "input_size", "workspace_mb", "fp16_flag"),
     "torch": ("fp16", "threads", "network_resolution"),
 }
-
-
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def cuda_available() -> bool:
-    """CUDA GPU visible to torch (if installed) or to ONNX Runtime's CUDA provider."""
-    if _has("torch"):
-        import torch
-
-        if torch.cuda.is_available():
-            return True
-    from dicnet_ros.inference.ort_backend import available_providers
-
-    return "CUDAExecutionProvider" in available_providers()
-
-
-def tensorrt_status() -> tuple[bool, str]:
-    """(usable, why not / version) for the native TensorRT backend."""
-    if not _has("tensorrt"):
-        return False, "no tensorrt package"
-    if not _has("torch"):
-        return False, "no torch (needed for CUDA buffers)"
-    import torch
-
-    if not torch.cuda.is_available():
-        return False, "no CUDA GPU"
-    return True, "tensorrt"
-
-
-def available_backends() -> dict[str, str]:
-    """backend -> what it would run on here (only usable backends are listed)."""
-    out: dict[str, str] = {}
-    ok, _ = tensorrt_status()
-    if ok:
-        out["tensorrt"] = "CUDA"
-    from dicnet_ros.inference.ort_backend import available_providers
-
-    providers = available_providers()
-    if providers:
-        names = [p.replace("ExecutionProvider", "") for p in providers
-                 if p in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")]
-        out["onnxruntime"] = ", ".join(names)
-    if _has("torch"):
-        import torch
-
-        out["torch"] = "CUDA, CPU" if torch.cuda.is_available() else "CPU"
-    return out
-
-
-def describe_available(exclude: str = "") -> str:
-    """'onnxruntime (CPU), torch (CPU)' for error messages."""
-    parts = [f"{name} ({where})" for name, where in available_backends().items() if name != exclude]
-    return ", ".join(parts) or "none"
 
 
 def _split_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -123,10 +65,17 @@ def open_backend(path: Path, backend: str = "auto", device: str = "auto", **opti
 
         return OrtModel(path, device=device, **kwargs)
     if name == "torch":
-        if not _has("torch"):
+        if not has_module("torch"):
             raise BackendUnavailableError(f"backend 'torch' needs PyTorch (pip install -e '.[train]'); available: "
                                           f"{describe_available(exclude='torch')}")
         from dicnet_ros.inference.torch_backend import TorchModel
 
         return TorchModel(path, device=device, **kwargs)
     raise ValueError(f"unknown backend {backend!r}")
+
+
+def load_model(path: str | Path, backend: str = "auto", device: str = "auto", **options: Any) -> AnomalyModel:
+    """Open a model file with a backend; ``auto`` picks TensorRT, then ONNX Runtime, then PyTorch."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return open_backend(Path(path), backend, device, **options)

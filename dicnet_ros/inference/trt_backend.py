@@ -28,7 +28,7 @@ from dicnet_ros.inference.engine_cache import (
     timing_cache_path,
 )
 from dicnet_ros.inference.graphs import INPUT_NAME, check_image_size, compose, resolve_model_files
-from dicnet_ros.inference.metadata import ModelMetadata
+from dicnet_ros.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ HEARTBEAT_S = 15.0
 
 def _other_backends() -> str:
     try:
-        from dicnet_ros.inference.registry import describe_available
+        from dicnet_ros.inference.availability import describe_available
 
         return describe_available(exclude="tensorrt")
     except Exception:  # only used to enrich an error message

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from dicnet_ros.inference.metadata import MetadataError, ModelMetadata
+from dicnet_ros.metadata import MetadataError, ModelMetadata
 from dicnet_ros.model.dicnet import DiCNet, ModelConfig, build_dicnet
 
 CHECKPOINT_FORMAT = "dicnet-checkpoint/1"
