@@ -20,7 +20,7 @@ Overheads (each p50 and p95, in ms):
 The project's bar: node overhead <= max(10 % of inference, 5 ms). "ok" needs both paired p50 and exact p50 within
 it (with --color: the "e2e all" versions). Without ``--model`` a random-weight "lite" model (the shipped demo
 architecture) is exported to a temporary folder (needs the training extras). The node tunes glibc's allocator
-(see ``anomaly_node.tune_allocator``), as it does in its own process; ``--no-allocator-tuning`` shows the cost
+(see ``dicnet_ros.node.tune_allocator``), as it does in its own process; ``--no-allocator-tuning`` shows the cost
 of not doing so.
 """
 
@@ -86,8 +86,8 @@ def run_size(model: Any, size: tuple[int, int], frames: int, warmup: int, color:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from dicnet_ros.anomaly_node import AnomalyNode
     from dicnet_ros.image_conversion import array_to_image_msg
+    from dicnet_ros.node import AnomalyNode
 
     width, height = size
     rng = np.random.default_rng(0)
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         model.close()
 
     try:
-        from dicnet_ros.anomaly_node import tune_allocator
+        from dicnet_ros.node import tune_allocator
         allocator = tune_allocator()
     except ImportError:  # an older node without it
         allocator = "default (node does not tune it)"

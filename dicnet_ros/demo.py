@@ -184,8 +184,8 @@ def run_demo(out_dir: Path, model: str = "", bag: str = "", rate: float = 1.0, b
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from dicnet_ros.anomaly_node import AnomalyNode, NodeStartupError
     from dicnet_ros.bag import BagRecorder, bag_dataset_info, play_bag
+    from dicnet_ros.node import AnomalyNode, NodeStartupError
 
     bag_path = Path(bag) if bag else package_file(DEMO_BAG)
     if not bag_path.exists():

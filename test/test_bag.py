@@ -434,7 +434,7 @@ def test_play_bag_publishes_clock_and_messages(dataset: Path, tmp_path: Path) ->
 
 def test_node_replay_with_sim_time(dataset: Path, tmp_path: Path, tiny_onnx: Path, model) -> None:
     """The real node on use_sim_time, fed by play_bag; its recorded scores equal bag-eval's for each frame."""
-    node_mod = pytest.importorskip("dicnet_ros.anomaly_node")
+    node_mod = pytest.importorskip("dicnet_ros.node.anomaly_node")
     rclpy, ctx = _ros_context()
     from rclpy.parameter import Parameter
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicnet_ros.anomaly_node import default_model_path
 from dicnet_ros.bag import GT_ANOMALY, GT_IGNORE, bag_dataset_info, iter_images
 from dicnet_ros.data.sim.classes import SIM_CLASSES
 from dicnet_ros.demo import DEMO_BAG
 from dicnet_ros.inference import load_model
 from dicnet_ros.metrics import AnomalyEvaluator
+from dicnet_ros.node import default_model_path
 from dicnet_ros.resources import package_file
 
 

@@ -1,7 +1,7 @@
 """launch/anomaly.launch.py, config/anomaly.yaml and rviz/anomaly.rviz against the node's parameter table.
 
 The `launch` packages are not on PyPI, so the launch file is compiled and inspected (ast), not run. Every
-parameter it passes and every key of the YAML must be one the node declares (anomaly_node.PARAMETERS).
+parameter it passes and every key of the YAML must be one the node declares (dicnet_ros.node.parameters.PARAMETERS).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from dicnet_ros.anomaly_node import PARAMETER_NAMES, PARAMETERS, ParameterError, validate_parameter
+from dicnet_ros.node.parameters import PARAMETER_NAMES, PARAMETERS, ParameterError, validate_parameter
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launch" / "anomaly.launch.py"

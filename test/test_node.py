@@ -36,8 +36,8 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Float32, Header  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 
-from dicnet_ros.anomaly_node import AnomalyNode, tune_allocator  # noqa: E402
 from dicnet_ros.image_conversion import SUPPORTED_ENCODINGS, image_msg_to_array  # noqa: E402
+from dicnet_ros.node import AnomalyNode, tune_allocator  # noqa: E402
 from dicnet_ros.visualization import colorize_score, overlay  # noqa: E402
 
 DOMAIN_ID = random.randint(1, 200)
@@ -366,7 +366,7 @@ def test_allocator_tuning() -> None:
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert state in ("glibc buffers recycled", "left to the environment (GLIBC_TUNABLES / MALLOC_*_THRESHOLD_)",
                          "off (DICNET_MALLOC_TUNING=0)")
-    code = "from dicnet_ros.anomaly_node import tune_allocator; print(tune_allocator())"
+    code = "from dicnet_ros.node import tune_allocator; print(tune_allocator())"
     for env, expected in (({"DICNET_MALLOC_TUNING": "0"}, "off"),
                           ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}, "left to the environment")):
         base = {k: v for k, v in os.environ.items() if k not in ("DICNET_MALLOC_TUNING", "GLIBC_TUNABLES")}
@@ -421,7 +421,7 @@ def test_compressed_input_and_qos_warning(harness: Harness, tiny_onnx: Path) -> 
 
 def run_node_process(*ros_args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN_ID), "PYTHONUNBUFFERED": "1"}
-    code = "import sys; from dicnet_ros.anomaly_node import main; sys.exit(main())"
+    code = "import sys; from dicnet_ros.node.cli import main; sys.exit(main())"
     return subprocess.run([sys.executable, "-c", code, "--ros-args", *ros_args], capture_output=True, text=True,
                           timeout=60, env=env)
 

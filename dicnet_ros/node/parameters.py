@@ -1,0 +1,126 @@
+"""Every node parameter in one table (``PARAMETERS``): default, doc, allowed values; validation; ROS descriptors.
+
+Importable without rclpy: the launch / config tests check launch/anomaly.launch.py and config/anomaly.yaml
+against this table.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dicnet_ros.inference.base import BACKENDS
+from dicnet_ros.node.errors import ParameterError
+from dicnet_ros.node.qos import QOS_PRESETS
+from dicnet_ros.visualization import COLORMAPS
+
+if TYPE_CHECKING:
+    from rcl_interfaces.msg import ParameterDescriptor
+
+DEFAULT_MODEL_NAME = "dicnet_sim_default.onnx"
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter: default (its type is the parameter's type), doc, allowed values, run-time change."""
+
+    name: str
+    default: Any
+    description: str
+    choices: tuple[str, ...] = ()
+    range: tuple[float, float] | None = None
+    dynamic: bool = False  # may change while running (set_parameters); the others are read-only
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("model_path", "", "Model file (fused DiCNet .onnx, checkpoint or engine). Empty: the package's "
+              f"default model models/{DEFAULT_MODEL_NAME}."),
+    ParamSpec("backend", "auto", "Inference runtime; auto tries tensorrt, then onnxruntime, then torch.",
+              choices=BACKENDS),
+    ParamSpec("device", "auto", "auto | cpu | cuda | cuda:N"),
+    ParamSpec("threshold", math.nan, "Mask threshold on the raw anomaly score; NaN = the model's calibrated "
+              "threshold. Changeable at run time.", dynamic=True),
+    ParamSpec("image_transport", "raw", "raw: subscribe ~/image (sensor_msgs/Image); compressed: subscribe "
+              "~/image/compressed (sensor_msgs/CompressedImage, jpeg/png).", choices=("raw", "compressed")),
+    ParamSpec("output_resolution", "input", "Resolution of every output: the input image's or the network's.",
+              choices=("input", "network")),
+    ParamSpec("publish_score_color", True, "Publish ~/anomaly_score_color (rgb8, only while subscribed).",
+              dynamic=True),
+    ParamSpec("publish_overlay", True, "Publish ~/overlay (rgb8, only while subscribed).", dynamic=True),
+    ParamSpec("publish_semantic", False, "Publish ~/semantic (mono8 class ids) and ~/semantic_color (rgb8, only "
+              "while subscribed) when the model has a segmentation head."),
+    ParamSpec("publish_msp", False, "Publish ~/msp_score (32FC1): the teacher's max-softmax baseline map, for "
+              "comparing DiCNet with the classic baseline on the same frames (if the model exports it)."),
+    ParamSpec("overlay_source", "score", "What ~/overlay blends into the image: the score colour map or the mask.",
+              choices=("score", "mask"), dynamic=True),
+    ParamSpec("colormap", "turbo", "Colour map of ~/anomaly_score_color and the score overlay.", choices=COLORMAPS,
+              dynamic=True),
+    ParamSpec("overlay_alpha", 0.5, "Weight of the colour in ~/overlay (0 = image only, 1 = colour only).",
+              range=(0.0, 1.0), dynamic=True),
+    ParamSpec("input_qos", "sensor_data", "Image subscription QoS: sensor_data / best_effort (works with any "
+              "camera) or default / reliable.", choices=QOS_PRESETS),
+    ParamSpec("input_depth", 1, "Image subscription queue depth (1 = newest frame only).", range=(1, 100)),
+    ParamSpec("output_qos", "reliable", "Output QoS: reliable / default (serves every subscriber) or sensor_data / "
+              "best_effort.", choices=QOS_PRESETS),
+    ParamSpec("output_depth", 2, "Output queue depth.", range=(1, 100)),
+    ParamSpec("max_age_ms", 0.0, "Drop frames whose header stamp is older than this (node clock, so it works "
+              "with use_sim_time); 0 = off.", range=(0.0, 3600000.0), dynamic=True),
+    ParamSpec("engine_cache_dir", "", "TensorRT engine cache folder; empty = the backend's default."),
+    ParamSpec("num_threads", 0, "CPU threads of the runtime; 0 = the backend's default.", range=(0, 256)),
+    ParamSpec("warmup", True, "Run the model on a blank image before subscribing (first inference is slow)."),
+    ParamSpec("enabled", True, "Process images from the start; the ~/enable service (std_srvs/SetBool) toggles."),
+    ParamSpec("diagnostics_period_s", 1.0, "Period of the /diagnostics status.", range=(0.1, 60.0)),
+    ParamSpec("qos_check_period_s", 5.0, "How often to compare the camera publishers' QoS with ours; 0 = only at "
+              "start.", range=(0.0, 3600.0)),
+    ParamSpec("latency_warn_ms", 0.0, "Diagnostics WARN when the p95 stamp-to-publish latency exceeds this; 0 = off.",
+              range=(0.0, 60000.0)),
+)
+PARAMETER_NAMES: frozenset[str] = frozenset(p.name for p in PARAMETERS)
+_SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "bool", int: "integer", float: "double", str: "string"}.get(type(value), type(value).__name__)
+
+
+def validate_parameter(name: str, value: Any) -> Any:
+    """Return ``value`` (int -> float where a double is expected) or raise ParameterError naming ``name``."""
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise ParameterError(f"unknown parameter '{name}'")
+    expected = type(spec.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not expected:
+        raise ParameterError(f"parameter '{name}' must be a {_type_name(spec.default)}, got {_type_name(value)} "
+                             f"{value!r}")
+    if spec.choices and value not in spec.choices:
+        raise ParameterError(f"parameter '{name}' must be one of {', '.join(spec.choices)}, got {value!r}")
+    if spec.range is not None and not spec.range[0] <= value <= spec.range[1]:
+        lo, hi = (f"{v:g}" for v in spec.range)
+        raise ParameterError(f"parameter '{name}' must be in [{lo}, {hi}], got {value:g}")
+    if name == "device" and not _DEVICE_RE.match(value):
+        raise ParameterError(f"parameter 'device' must be auto, cpu, cuda or cuda:N, got {value!r}")
+    if name == "threshold" and math.isinf(value):
+        raise ParameterError(f"parameter 'threshold' must be finite (or NaN = the model's threshold), got {value}")
+    return value
+
+
+def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """The ROS descriptor of one parameter: description (+ choices), read-only unless dynamic, range."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    desc = spec.description
+    if spec.choices:
+        desc += f" One of: {', '.join(spec.choices)}."
+    descriptor = ParameterDescriptor(description=desc, read_only=not spec.dynamic)
+    if spec.range is not None:
+        if isinstance(spec.default, int) and not isinstance(spec.default, bool):
+            descriptor.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]))]
+        else:
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]),
+                                                                  to_value=float(spec.range[1]))]
+    return descriptor
