@@ -23,8 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("dicnet_ros.inference.bench", "latency / FPS benchmark of every available backend"),
     "infer": ("dicnet_ros.inference.infer_cli", "run a model on image files and write score maps"),
     "node": ("dicnet_ros.node.cli", "run the ROS 2 anomaly node"),
-    "make-bag": ("dicnet_ros.bag_cli", "turn a dataset split into a rosbag2"),
-    "bag-eval": ("dicnet_ros.bag_cli", "run a model over a rosbag2 and evaluate it"),
+    "make-bag": ("dicnet_ros.bag.cli", "turn a dataset split into a rosbag2"),
+    "bag-eval": ("dicnet_ros.bag.cli", "run a model over a rosbag2 and evaluate it"),
     "demo": ("dicnet_ros.demo", "the out-of-the-box demo: node + default model + shipped stream"),
 }
 

@@ -12,7 +12,19 @@ import math
 import sys
 from pathlib import Path
 
-from dicnet_ros import bag
+from rosbags.rosbag2.errors import WriterError
+
+from dicnet_ros.bag.evaluate import evaluate_bag
+from dicnet_ros.bag.messages import (
+    COMPRESSED_FORMATS,
+    DEFAULT_NAMESPACE,
+    GT_ENCODING_DOC,
+    IMAGE_ENCODINGS,
+    STORAGES,
+    BagError,
+)
+from dicnet_ros.bag.report import format_pct
+from dicnet_ros.bag.write import check_output, make_bag
 
 COMMANDS = ("make-bag", "bag-eval")
 
@@ -36,17 +48,17 @@ def _make_bag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", default="auto", help="dataset kind (default: detect)")
     parser.add_argument("--out", required=True, help="bag directory to create")
     parser.add_argument("--rate", type=float, default=10.0, help="frame rate in Hz: frame i is stamped t0 + i/rate")
-    parser.add_argument("--compressed", nargs="?", const="jpeg", choices=bag.COMPRESSED_FORMATS,
+    parser.add_argument("--compressed", nargs="?", const="jpeg", choices=COMPRESSED_FORMATS,
                         help="write sensor_msgs/CompressedImage on <image-topic>/compressed (jpeg, or png = lossless)")
-    parser.add_argument("--storage", default="sqlite3", choices=tuple(bag.STORAGES))
+    parser.add_argument("--storage", default="sqlite3", choices=tuple(STORAGES))
     parser.add_argument("--image-topic", default="/camera/image_raw")
     parser.add_argument("--gt-topic", default="/camera/anomaly_gt",
-                        help=f"ground-truth mask topic, {bag.GT_ENCODING_DOC} ('' = none)")
+                        help=f"ground-truth mask topic, {GT_ENCODING_DOC} ('' = none)")
     parser.add_argument("--camera-info-topic", default=None,
                         help="also write a sensor_msgs/CameraInfo (nominal intrinsics), e.g. /camera/camera_info")
     parser.add_argument("--frame-id", default="camera")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
-    parser.add_argument("--encoding", default="rgb8", choices=bag.IMAGE_ENCODINGS, help="raw image encoding")
+    parser.add_argument("--encoding", default="rgb8", choices=IMAGE_ENCODINGS, help="raw image encoding")
     parser.add_argument("--start-time", type=float, default=None,
                         help="t0 in seconds since the epoch (default: now)")
 
@@ -65,9 +77,9 @@ def _bag_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (report, plots, output bag)")
     parser.add_argument("--out-bag", default=None, help="name of the output bag inside --out")
     parser.add_argument("--no-out-bag", action="store_true", help="metrics only, no output bag")
-    parser.add_argument("--storage", default=None, choices=tuple(bag.STORAGES),
+    parser.add_argument("--storage", default=None, choices=tuple(STORAGES),
                         help="output bag storage (default: the input's)")
-    parser.add_argument("--namespace", default=bag.DEFAULT_NAMESPACE, help="namespace of the output topics")
+    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="namespace of the output topics")
     parser.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the model's)")
     parser.add_argument("--strip-frames", type=int, default=4, help="frames in the qualitative strip")
 
@@ -77,7 +89,7 @@ def run_for(name: str, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     from dicnet_ros.inference import BackendUnavailableError, MetadataError, ModelLoadError
 
-    user_errors = (bag.BagError, bag.WriterError, ModelLoadError, BackendUnavailableError, MetadataError,
+    user_errors = (BagError, WriterError, ModelLoadError, BackendUnavailableError, MetadataError,
                    FileNotFoundError, ValueError)
     try:
         return _make_bag(args) if name == "make-bag" else _bag_eval(args)
@@ -91,7 +103,7 @@ def run_for(name: str, args: argparse.Namespace) -> int:
 
 def _make_bag(args: argparse.Namespace) -> int:
     start_ns = None if args.start_time is None else round(args.start_time * 1e9)
-    result = bag.make_bag(
+    result = make_bag(
         args.dataset, args.out, split=args.split, rate=args.rate, compressed=args.compressed,
         storage=args.storage, image_topic=args.image_topic, gt_topic=args.gt_topic or None,
         camera_info_topic=args.camera_info_topic, frame_id=args.frame_id, limit=args.limit,
@@ -108,14 +120,14 @@ def _bag_eval(args: argparse.Namespace) -> int:
         raise ValueError("give --model (run a model over the images) or --score-topic (evaluate recorded scores)")
     if args.threshold is not None and not math.isfinite(args.threshold):
         raise ValueError("--threshold must be a finite number")
-    bag.check_output(Path(args.out), args.overwrite)  # fail before loading a model
+    check_output(Path(args.out), args.overwrite)  # fail before loading a model
     model = None
     if args.model is not None:
         from dicnet_ros.inference import load_model
 
         model = load_model(args.model, backend=args.backend, device=args.device)
     try:
-        result = bag.evaluate_bag(
+        result = evaluate_bag(
             args.bag, args.out, image_topic=args.image_topic,
             gt_topic=None if args.gt_topic is None else (args.gt_topic or ""), model=model,
             score_topic=args.score_topic, out_bag_name=args.out_bag, storage=args.storage,
@@ -130,8 +142,8 @@ def _bag_eval(args: argparse.Namespace) -> int:
     if dicnet:
         for proto in ("per_image", "pooled"):
             m = dicnet[proto]
-            print(f"  DiCNet {proto:9s} AUROC {bag.format_pct(m.get('auroc'))}  AUPR {bag.format_pct(m.get('aupr'))}  "
-                  f"FPR95 {bag.format_pct(m.get('fpr95'))}")
+            print(f"  DiCNet {proto:9s} AUROC {format_pct(m.get('auroc'))}  AUPR {format_pct(m.get('aupr'))}  "
+                  f"FPR95 {format_pct(m.get('fpr95'))}")
     lat = result.latency["inference"]
     if lat["count"]:
         print(f"  inference p50 {lat['p50_ms']:.2f} ms, p95 {lat['p95_ms']:.2f} ms, {lat['fps']:.1f} FPS")

@@ -1,0 +1,141 @@
+"""rosbag2 tools: dataset -> bag (``make_bag``), bag -> model -> outputs + metrics (``evaluate_bag``), and a small
+rclpy player (``play_bag``) / recorder (``BagRecorder``) for evaluating the ROS node itself.
+
+Everything goes through `rosbags` (pure Python, sqlite3 and mcap storages, no ROS installation needed) and the
+same inference interface and image conversion as the node (:func:`dicnet_ros.inference.load_model`,
+:mod:`dicnet_ros.image_conversion`), so a bag evaluation measures what the vehicle would compute.
+
+Ground-truth topic encoding (``sensor_msgs/Image``, ``mono8``, same header as the camera image)::
+
+    255 = anomaly pixel      0 = normal pixel      128 = ignore (dataset ignore_id; any other value is ignored too)
+
+It stays raw (lossless) even when the camera topic is compressed. ``make_bag`` stores the dataset spec (class
+names, anomaly ids, ignore id) and the topic names as JSON in the bag's ``metadata.yaml`` ``custom_data``
+(keys ``dicnet.*``), so ``bag-eval`` finds the ground-truth topic by itself.
+
+Evaluating the node with a bag (recipe; details in ``docs/bag_evaluation.md``)::
+
+    dicnet make-bag --dataset DATA --split test --out drive_bag --rate 10
+    dicnet node --model model.onnx --use-sim-time --image-topic /camera/image_raw      # terminal 1
+    ros2 bag record -o node_out /anomaly_node/anomaly_score /camera/anomaly_gt         # terminal 2
+    # terminal 3: replay on /clock (`ros2 bag play drive_bag --clock 100`, or our player, no ROS CLI needed)
+    python -c "from dicnet_ros.bag import play_bag; play_bag('drive_bag', {'/camera/image_raw': \
+'/camera/image_raw', '/camera/anomaly_gt': '/camera/anomaly_gt'}, rate=1.0)"
+    dicnet bag-eval --bag node_out --score-topic /anomaly_node/anomaly_score --gt-topic /camera/anomaly_gt --out ev
+
+``BagRecorder`` records in-process instead of ``ros2 bag record`` (see test_node_replay_with_sim_time).
+
+Outputs of a tool are written to a hidden temporary directory next to the target and renamed into place at the
+end, so a failed or interrupted run never leaves a result that looks complete.
+
+The package is split by job; this ``__init__`` only re-exports the public names, so ``from dicnet_ros.bag
+import X`` keeps working: :mod:`~dicnet_ros.bag.messages` (type names, GT mask values, errors, message
+construction and decoding), :mod:`~dicnet_ros.bag.read`, :mod:`~dicnet_ros.bag.write` (``make_bag``, atomic
+outputs), :mod:`~dicnet_ros.bag.evaluate` (``evaluate_bag``), :mod:`~dicnet_ros.bag.report` (report, plots),
+:mod:`~dicnet_ros.bag.play` (rclpy player / recorder) and :mod:`~dicnet_ros.bag.cli` (``dicnet make-bag`` /
+``dicnet bag-eval``).
+"""
+
+from rosbags.rosbag2.errors import WriterError
+
+from dicnet_ros.bag.evaluate import EvalResult, MetricsAccumulator, StampMatcher, evaluate_bag
+from dicnet_ros.bag.messages import (
+    BAG_VERSION,
+    CAMERA_INFO_TYPE,
+    COMPRESSED_FORMATS,
+    COMPRESSED_TYPE,
+    CUSTOM_PREFIX,
+    DEFAULT_NAMESPACE,
+    GT_ANOMALY,
+    GT_ENCODING_DOC,
+    GT_IGNORE,
+    GT_NORMAL,
+    IMAGE_ENCODINGS,
+    IMAGE_TYPE,
+    IMAGE_TYPES,
+    STORAGES,
+    BagError,
+    CorruptBagError,
+    OutputExistsError,
+    TopicNotFoundError,
+    UnsupportedMessageError,
+    array_to_bag_image,
+    camera_info,
+    decode_gt_mask,
+    deserialize,
+    gt_mask_from_labels,
+    image_msg_rgb,
+    rgb_to_bag_compressed,
+    stamp_to_ns,
+    typestore,
+)
+from dicnet_ros.bag.play import BagRecorder, play_bag, ros_message_class
+from dicnet_ros.bag.read import (
+    STORAGE_ERRORS,
+    BagImage,
+    bag_dataset_info,
+    iter_images,
+    iter_raw,
+    open_bag,
+    read_custom_data,
+    require_topic,
+)
+from dicnet_ros.bag.report import format_pct, latency_summary, render_report, write_curves, write_strip
+from dicnet_ros.bag.write import MakeBagResult, Staging, check_output, make_bag, staged_output
+
+__all__ = [
+    "BAG_VERSION",
+    "CAMERA_INFO_TYPE",
+    "COMPRESSED_FORMATS",
+    "COMPRESSED_TYPE",
+    "CUSTOM_PREFIX",
+    "DEFAULT_NAMESPACE",
+    "GT_ANOMALY",
+    "GT_ENCODING_DOC",
+    "GT_IGNORE",
+    "GT_NORMAL",
+    "IMAGE_ENCODINGS",
+    "IMAGE_TYPE",
+    "IMAGE_TYPES",
+    "STORAGES",
+    "STORAGE_ERRORS",
+    "BagError",
+    "BagImage",
+    "BagRecorder",
+    "CorruptBagError",
+    "EvalResult",
+    "MakeBagResult",
+    "MetricsAccumulator",
+    "OutputExistsError",
+    "Staging",
+    "StampMatcher",
+    "TopicNotFoundError",
+    "UnsupportedMessageError",
+    "WriterError",
+    "array_to_bag_image",
+    "bag_dataset_info",
+    "camera_info",
+    "check_output",
+    "decode_gt_mask",
+    "deserialize",
+    "evaluate_bag",
+    "format_pct",
+    "gt_mask_from_labels",
+    "image_msg_rgb",
+    "iter_images",
+    "iter_raw",
+    "latency_summary",
+    "make_bag",
+    "open_bag",
+    "play_bag",
+    "read_custom_data",
+    "render_report",
+    "require_topic",
+    "rgb_to_bag_compressed",
+    "ros_message_class",
+    "staged_output",
+    "stamp_to_ns",
+    "typestore",
+    "write_curves",
+    "write_strip",
+]

@@ -1,0 +1,210 @@
+"""Writing bags and outputs: ``make_bag`` (dataset split -> camera drive with ground-truth masks; the mask
+topic is mono8, 255 = anomaly, 0 = normal, 128 = ignore), the staging that makes every output appear atomically
+(a hidden temporary directory beside the target, renamed into place only when the run succeeds), and copying a
+connection into another bag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+from rosbags.interfaces import Connection
+from rosbags.rosbag2 import Writer
+
+from dicnet_ros.bag.messages import (
+    BAG_VERSION,
+    CAMERA_INFO_TYPE,
+    COMPRESSED_FORMATS,
+    COMPRESSED_TYPE,
+    CUSTOM_PREFIX,
+    GT_ENCODING_DOC,
+    IMAGE_ENCODINGS,
+    IMAGE_TYPE,
+    STORAGES,
+    BagError,
+    OutputExistsError,
+    array_to_bag_image,
+    camera_info,
+    gt_mask_from_labels,
+    rgb_to_bag_compressed,
+    typestore,
+)
+
+# ------------------------------------------------------------------------------------------- atomic outputs
+
+
+class Staging:
+    """A hidden temp dir beside ``target`` holding ``path`` until ``commit`` renames it into place.
+
+    ``discard`` (or a failed run) deletes it, so no partial output is ever left under the final name.
+    """
+
+    def __init__(self, target: str | Path, overwrite: bool = False) -> None:
+        self.target = Path(target)
+        self.overwrite = overwrite
+        check_output(self.target, overwrite)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
+        self.path = self.dir / self.target.name
+
+    def commit(self) -> Path:
+        """Move the staged output to the target (replacing an old one only with ``overwrite``)."""
+        try:
+            if not self.path.exists():
+                raise BagError(f"internal error: nothing was written for {self.target}")
+            if self.target.exists() or self.target.is_symlink():
+                check_output(self.target, self.overwrite)
+                self.target.rename(self.dir / f"{self.target.name}.old")  # deleted with the staging dir
+            self.path.rename(self.target)
+        finally:
+            self.discard()
+        return self.target
+
+    def discard(self) -> None:
+        """Delete the staging directory and whatever is in it."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a not-yet-existing path beside ``target``; it becomes ``target`` only if the block succeeds."""
+    staging = Staging(target, overwrite)
+    try:
+        yield staging.path
+    except BaseException:
+        staging.discard()
+        raise
+    staging.commit()
+
+
+def check_output(target: Path, overwrite: bool) -> None:
+    """Refuse an existing output path (early, before any work) unless ``overwrite``."""
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise OutputExistsError(f"output {target} exists; remove it or pass --overwrite")
+
+
+# ----------------------------------------------------------------------------------------------- make-bag
+
+
+@dataclass
+class MakeBagResult:
+    """What make_bag wrote, for the CLI summary and tests."""
+
+    path: Path
+    num_frames: int
+    topics: dict[str, str]  # name -> type
+    start_ns: int
+    stamps_ns: list[int] = field(default_factory=list)
+
+
+def make_bag(
+    dataset: str | Path,
+    out: str | Path,
+    split: str = "test",
+    rate: float = 10.0,
+    compressed: str | None = None,
+    storage: str = "sqlite3",
+    image_topic: str = "/camera/image_raw",
+    gt_topic: str | None = "/camera/anomaly_gt",
+    camera_info_topic: str | None = None,
+    frame_id: str = "camera",
+    limit: int | None = None,
+    encoding: str = "rgb8",
+    start_ns: int | None = None,
+    overwrite: bool = False,
+    kind: str = "auto",
+    progress: bool = True,
+) -> MakeBagResult:
+    """Write a dataset split as a camera drive: frame i is stamped ``t0 + i / rate`` on every topic.
+
+    With ``compressed`` ('jpeg' or 'png') the camera goes to ``<image_topic>/compressed`` as CompressedImage;
+    the ground truth stays raw mono8 (see the module docstring for its values).
+    """
+    from tqdm import tqdm
+
+    from dicnet_ros.data import open_dataset
+
+    if not (rate > 0 and math.isfinite(rate)):
+        raise ValueError(f"--rate must be a positive number of frames per second, got {rate}")
+    if storage not in STORAGES:
+        raise ValueError(f"unknown storage {storage!r}; use one of {', '.join(STORAGES)}")
+    if encoding not in IMAGE_ENCODINGS:
+        raise ValueError(f"unknown image encoding {encoding!r}; use one of {', '.join(IMAGE_ENCODINGS)}")
+    if compressed is not None and compressed not in COMPRESSED_FORMATS:
+        raise ValueError(f"unknown compression {compressed!r}; use one of {', '.join(COMPRESSED_FORMATS)}")
+    out = Path(out)
+    check_output(out, overwrite)
+    ds = open_dataset(dataset, split, kind=kind)
+    spec = ds.spec
+    count = len(ds) if limit is None else max(0, min(int(limit), len(ds)))
+    if count == 0:
+        raise ValueError(f"nothing to write: {dataset} split {split!r} has {len(ds)} images, limit {limit}")
+    t0 = time.time_ns() if start_ns is None else int(start_ns)
+    cam_topic = f"{image_topic.rstrip('/')}/compressed" if compressed else image_topic
+    topics = {cam_topic: COMPRESSED_TYPE if compressed else IMAGE_TYPE}
+    if gt_topic:
+        topics[gt_topic] = IMAGE_TYPE
+    if camera_info_topic:
+        topics[camera_info_topic] = CAMERA_INFO_TYPE
+    if len(topics) != 1 + bool(gt_topic) + bool(camera_info_topic):
+        raise ValueError(f"topic names must differ: {cam_topic}, {gt_topic}, {camera_info_topic}")
+    ts = typestore()
+    stamps: list[int] = []
+    with staged_output(out, overwrite) as staged:
+        writer = Writer(staged, version=BAG_VERSION, storage_plugin=STORAGES[storage])
+        custom = {
+            "dataset": spec.to_dict(),
+            "source": {"root": str(Path(dataset).resolve()), "split": split, "kind": ds.kind},
+            "image_topic": cam_topic,
+            "gt_topic": gt_topic or "",
+            "camera_info_topic": camera_info_topic or "",
+            "gt_encoding": GT_ENCODING_DOC,
+            "rate_hz": rate,
+            "frame_id": frame_id,
+        }
+        for key, value in custom.items():
+            writer.set_custom_data(CUSTOM_PREFIX + key, json.dumps(value))
+        with writer:
+            conns = {name: writer.add_connection(name, msgtype, typestore=ts) for name, msgtype in topics.items()}
+            for i in tqdm(range(count), desc=f"make-bag {out.name}", unit="frame", disable=not progress):
+                sample = ds[i]
+                stamp = t0 + round(i * 1e9 / rate)
+                stamps.append(stamp)
+                if compressed:
+                    msg = rgb_to_bag_compressed(sample.image, compressed, stamp, frame_id)
+                else:
+                    pixels = sample.image if encoding == "rgb8" else cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR)
+                    msg = array_to_bag_image(pixels, encoding, stamp, frame_id)
+                writer.write(conns[cam_topic], stamp, ts.serialize_cdr(msg, topics[cam_topic]))
+                if gt_topic:
+                    gt = gt_mask_from_labels(sample.label, spec.anomaly_ids, spec.ignore_id)
+                    writer.write(conns[gt_topic], stamp,
+                                 ts.serialize_cdr(array_to_bag_image(gt, "mono8", stamp, frame_id), IMAGE_TYPE))
+                if camera_info_topic:
+                    h, w = sample.image.shape[:2]
+                    writer.write(conns[camera_info_topic], stamp,
+                                 ts.serialize_cdr(camera_info(w, h, stamp, frame_id), CAMERA_INFO_TYPE))
+    return MakeBagResult(out, count, topics, t0, stamps)
+
+
+def _add_conn(writer: Writer, conn: Connection) -> Connection:
+    """Copy a connection into another bag with its own definition, hash and QoS."""
+    ts = typestore()
+    ext = conn.ext
+    kwargs: dict[str, Any] = {"serialization_format": getattr(ext, "serialization_format", "cdr"),
+                              "offered_qos_profiles": getattr(ext, "offered_qos_profiles", ())}
+    if conn.msgdef.data and conn.digest:
+        kwargs.update(msgdef=conn.msgdef.data, rihs01=conn.digest)
+    else:
+        kwargs["typestore"] = ts
+    return writer.add_connection(conn.topic, conn.msgtype, **kwargs)
