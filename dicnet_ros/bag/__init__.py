@@ -63,6 +63,7 @@ from dicnet_ros.bag.messages import (
     camera_info,
     decode_gt_mask,
     deserialize,
+    format_stamp,
     gt_mask_from_labels,
     image_msg_rgb,
     rgb_to_bag_compressed,
@@ -73,15 +74,18 @@ from dicnet_ros.bag.play import BagRecorder, play_bag, ros_message_class
 from dicnet_ros.bag.read import (
     STORAGE_ERRORS,
     BagImage,
+    BagLocation,
     bag_dataset_info,
     iter_images,
     iter_raw,
+    locate_bag,
     open_bag,
     read_custom_data,
     require_topic,
 )
 from dicnet_ros.bag.report import format_pct, latency_summary, render_report, write_curves, write_strip
-from dicnet_ros.bag.write import MakeBagResult, Staging, check_output, make_bag, staged_output
+from dicnet_ros.bag.write import MakeBagResult, Staging, add_mcap_chunk_crcs, check_output, make_bag, staged_output
+from dicnet_ros.text import TEXT_LIMIT, bounded
 
 __all__ = [
     "BAG_VERSION",
@@ -99,8 +103,10 @@ __all__ = [
     "IMAGE_TYPES",
     "STORAGES",
     "STORAGE_ERRORS",
+    "TEXT_LIMIT",
     "BagError",
     "BagImage",
+    "BagLocation",
     "BagRecorder",
     "CorruptBagError",
     "EvalResult",
@@ -112,19 +118,23 @@ __all__ = [
     "TopicNotFoundError",
     "UnsupportedMessageError",
     "WriterError",
+    "add_mcap_chunk_crcs",
     "array_to_bag_image",
     "bag_dataset_info",
+    "bounded",
     "camera_info",
     "check_output",
     "decode_gt_mask",
     "deserialize",
     "evaluate_bag",
     "format_pct",
+    "format_stamp",
     "gt_mask_from_labels",
     "image_msg_rgb",
     "iter_images",
     "iter_raw",
     "latency_summary",
+    "locate_bag",
     "make_bag",
     "open_bag",
     "play_bag",

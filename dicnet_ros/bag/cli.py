@@ -50,7 +50,9 @@ def _make_bag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="frame rate in Hz: frame i is stamped t0 + i/rate")
     parser.add_argument("--compressed", nargs="?", const="jpeg", choices=COMPRESSED_FORMATS,
                         help="write sensor_msgs/CompressedImage on <image-topic>/compressed (jpeg, or png = lossless)")
-    parser.add_argument("--storage", default="sqlite3", choices=tuple(STORAGES))
+    parser.add_argument("--storage", default="sqlite3", choices=tuple(STORAGES),
+                        help="mcap chunks carry CRC-32s that bag-eval checks; sqlite3 has only sqlite's own "
+                             "structure checks (changed bytes inside a message go unnoticed)")
     parser.add_argument("--image-topic", default="/camera/image_raw")
     parser.add_argument("--gt-topic", default="/camera/anomaly_gt",
                         help=f"ground-truth mask topic, {GT_ENCODING_DOC} ('' = none)")
@@ -63,8 +65,19 @@ def _make_bag_arguments(parser: argparse.ArgumentParser) -> None:
                         help="t0 in seconds since the epoch (default: now)")
 
 
+BAD_FRAMES_HELP = (
+    "A bad frame (a message that does not decode, image data shorter than step x height, an unsupported "
+    "encoding, a ground truth of another size) stops the run with one error line naming the topic, the frame's "
+    "0-based index on it and its header stamp, e.g. 'bad frame on /camera/image_raw #17 (stamp 12.345678901 s): "
+    "...'; nothing is written. Bad frames are not skipped, because skipping would quietly change the metrics. "
+    "A damaged mcap chunk (CRC mismatch) or a truncated bag stops it the same way."
+)
+
+
 def _bag_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bag", required=True, help="input rosbag2 (directory, .db3 or .mcap)")
+    parser.epilog = BAD_FRAMES_HELP
+    parser.add_argument("--bag", required=True,
+                        help="input rosbag2: the bag folder, its metadata.yaml, or a .db3 / .mcap file in it")
     parser.add_argument("--image-topic", default=None,
                         help="camera topic, Image or CompressedImage (default: the one make-bag recorded)")
     parser.add_argument("--gt-topic", default=None,

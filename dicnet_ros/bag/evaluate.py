@@ -35,16 +35,26 @@ from dicnet_ros.bag.messages import (
     CorruptBagError,
     UnsupportedMessageError,
     _one_line,
+    about_frame,
     array_to_bag_image,
+    bounded,
     decode_gt_mask,
     deserialize,
     image_msg_rgb,
     stamp_to_ns,
     typestore,
 )
-from dicnet_ros.bag.read import _storage_of, _topic_listing, bag_dataset_info, iter_raw, open_bag, require_topic
+from dicnet_ros.bag.read import (
+    _storage_of,
+    _topic_listing,
+    bag_dataset_info,
+    iter_raw,
+    locate_bag,
+    open_bag,
+    require_topic,
+)
 from dicnet_ros.bag.report import _Strip, latency_summary, render_report, write_curves, write_strip
-from dicnet_ros.bag.write import _add_conn, check_output, staged_output
+from dicnet_ros.bag.write import _add_conn, add_mcap_chunk_crcs, check_output, staged_output
 
 log = logging.getLogger(__name__)
 
@@ -155,22 +165,29 @@ def evaluate_bag(
 ) -> EvalResult:
     """Run ``model`` over every frame of ``image_topic`` (streamed), write the output bag and the report.
 
-    ``model`` is an ``AnomalyModel`` (or a path for ``load_model``). Alternatively ``score_topic`` names a
-    32FC1 score topic already in the bag (e.g. recorded from the node), evaluated against ``gt_topic`` by header
-    stamp without running any model. The whole ``out_dir`` appears atomically at the end.
+    ``bag`` is the rosbag2 folder, its metadata.yaml or a storage file in it. ``model`` is an ``AnomalyModel``
+    (or a path for ``load_model``). Alternatively ``score_topic`` names a 32FC1 score topic already in the bag
+    (e.g. recorded from the node), evaluated against ``gt_topic`` by header stamp without running any model.
+    The whole ``out_dir`` appears atomically at the end.
+
+    A bad frame (undecodable message, image data shorter than step x height, unsupported encoding, ground truth
+    of another size) stops the run with a ``BagError`` that names the topic, the frame's index on it and its
+    header stamp; nothing is written. Frames are not skipped, because skipping would quietly change the metrics.
+    A damaged mcap chunk (CRC mismatch) or a truncated storage file stops it with ``CorruptBagError``.
     """
-    bag = Path(bag)
+    location = locate_bag(bag)
+    bag = location.path
     out_dir = Path(out_dir)
     check_output(out_dir, overwrite)
     if (model is None) == (score_topic is None):
         raise ValueError("give either a model or a score topic to evaluate")
     if storage is not None and storage not in STORAGES:
         raise ValueError(f"unknown storage {storage!r}; use one of {', '.join(STORAGES)}")
-    info = bag_dataset_info(bag) if bag.is_dir() else {}
+    info = bag_dataset_info(bag)
     image_topic = image_topic or info.get("image_topic") or None
     if gt_topic is None and info.get("gt_topic"):
-        gt_topic = info["gt_topic"]
-        log.info("using ground-truth topic %s from the bag's metadata", gt_topic)
+        gt_topic = str(info["gt_topic"])
+        log.info("using ground-truth topic %s from the bag's metadata", bounded(gt_topic))
     with open_bag(bag) as reader:  # validate topics before loading a model or creating anything
         if score_topic is None:
             if not image_topic:
@@ -192,11 +209,11 @@ def evaluate_bag(
     ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
     with staged_output(out_dir, overwrite) as staged:
         staged.mkdir(parents=True)
-        out_bag = staged / (out_bag_name or f"{bag.name.removesuffix(bag.suffix) or 'bag'}_dicnet")
+        out_bag = staged / (out_bag_name or f"{location.name or 'bag'}_dicnet")
         result = _evaluate_stream(
             bag, staged, out_bag if write_bag and model is not None else None, storage, ns, model, main_type,
             {c.id for c in main_conns}, {c.id for c in gt_conns}, total, expected_gt, score_range, strip_frames,
-            progress, image_topic if score_topic is None else score_topic,
+            progress, image_topic if score_topic is None else score_topic, gt_topic or "",
         )
         meta = {
             "bag": str(bag.resolve()),
@@ -228,9 +245,12 @@ def _json_default(value: Any) -> Any:
 def _evaluate_stream(
     bag: Path, staged: Path, out_bag: Path | None, storage: str, ns: str, model: Any, main_type: str,
     main_ids: set[int], gt_ids: set[int], total: int, expected_gt: int, score_range: tuple[float, float],
-    strip_frames: int, progress: bool, main_topic: str,
+    strip_frames: int, progress: bool, main_topic: str, gt_topic: str,
 ) -> dict[str, Any]:
-    """The single streaming pass: copy input, infer, write outputs, pair with GT, accumulate metrics."""
+    """The single streaming pass: copy input, infer, write outputs, pair with GT, accumulate metrics.
+
+    Any ``BagError`` about one message is re-raised naming its topic, index and stamp (``about_frame``).
+    """
     from tqdm import tqdm
 
     from dicnet_ros.visualization import colorize_score, overlay
@@ -260,21 +280,25 @@ def _evaluate_stream(
             if writer is not None:
                 writer.write(conn_map[conn.id], timestamp, raw)
             if conn.id in gt_ids:
-                gt_msg = deserialize(raw, IMAGE_TYPE)
-                gt = decode_gt_mask(gt_msg)
-                gt_seen += 1
+                with about_frame(gt_topic, gt_seen):
+                    gt_msg = deserialize(raw, IMAGE_TYPE)
                 stamp = stamp_to_ns(gt_msg.header.stamp)
-                strip.add_gt(stamp, gt)
-                pair = matcher.add("gt", stamp, gt)
-                if pair is not None:
-                    acc.update(pair[0][0], pair[1], pair[0][1])
+                with about_frame(gt_topic, gt_seen, stamp):
+                    gt = decode_gt_mask(gt_msg)
+                    strip.add_gt(stamp, gt)
+                    pair = matcher.add("gt", stamp, gt)
+                    if pair is not None:
+                        acc.update(pair[0][0], pair[1], pair[0][1])
+                gt_seen += 1
             if conn.id not in main_ids:
                 continue
             start = time.perf_counter()
-            msg = deserialize(raw, main_type)
+            with about_frame(main_topic, frames):
+                msg = deserialize(raw, main_type)
             stamp, frame_id = stamp_to_ns(msg.header.stamp), msg.header.frame_id
             if model is not None:
-                rgb = image_msg_rgb(msg, main_type)
+                with about_frame(main_topic, frames, stamp):
+                    rgb = image_msg_rgb(msg, main_type)
                 res = model.infer(rgb)
                 infer_ms.append(float(res.timings_ms.get("inference", res.timings_ms.get("total", math.nan))))
                 score = np.asarray(res.anomaly_score, np.float32)
@@ -291,7 +315,8 @@ def _evaluate_stream(
                     strip.add(frames, stamp, {"image": rgb, "score": colorize_score(score, lo, hi), "overlay": over})
                 frame_ms.append((time.perf_counter() - start) * 1e3)
             else:
-                score = _decode_score(msg)
+                with about_frame(main_topic, frames, stamp):
+                    score = _decode_score(msg)
                 mask = None
                 scores = {"dicnet": score}
                 if frames in strip.wanted:
@@ -301,13 +326,16 @@ def _evaluate_stream(
             if gt_ids:
                 pair = matcher.add("score", stamp, (scores, mask))
                 if pair is not None:
-                    acc.update(pair[0][0], pair[1], pair[0][1])
+                    with about_frame(main_topic, frames - 1, stamp):
+                        acc.update(pair[0][0], pair[1], pair[0][1])
     if frames != total or gt_seen != expected_gt:
         raise CorruptBagError(
-            f"bag {bag} ended early: read {frames} of {total} frames on {main_topic}"
+            f"bag {bag} ended early: read {frames} of {total} frames on {bounded(main_topic)}"
             + (f" and {gt_seen} of {expected_gt} ground-truth masks" if gt_ids else "")
             + " (truncated recording?)"
         )
+    if out_bag is not None:
+        add_mcap_chunk_crcs(out_bag)
     metrics = acc.compute() if gt_ids else None
     unmatched = matcher.unmatched() if gt_ids else {"score": 0, "gt": 0}
     evaluated = acc.evaluators["dicnet"].compute()["num_images"] if metrics and "dicnet" in acc.evaluators else 0
@@ -337,7 +365,7 @@ def _decode_score(msg: Any) -> np.ndarray:
     from dicnet_ros.image_conversion import ImageConversionError, image_msg_to_array
 
     if msg.encoding != "32FC1":
-        raise UnsupportedMessageError(f"score image has encoding {msg.encoding!r}; expected 32FC1")
+        raise UnsupportedMessageError(f"score image has encoding {bounded(msg.encoding)!r}; expected 32FC1")
     try:
         return np.ascontiguousarray(image_msg_to_array(msg), np.float32)
     except ImageConversionError as exc:

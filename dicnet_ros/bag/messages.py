@@ -10,14 +10,17 @@ Ground-truth topic encoding (``sensor_msgs/Image``, ``mono8``, same header as th
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin
 from rosbags.typesys import Stores, get_typestore
+
+from dicnet_ros.text import bounded
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -35,6 +38,7 @@ COMPRESSED_FORMATS = ("jpeg", "png")
 DEFAULT_NAMESPACE = "/dicnet"
 CUSTOM_PREFIX = "dicnet."
 BAG_VERSION = 9
+REASON_LIMIT = 240  # characters of a wrapped exception's message, which may itself quote bag text
 
 _TYPESTORE: Any = None
 
@@ -68,7 +72,29 @@ def typestore() -> Any:
 
 
 def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
+    """An exception's message for a one-line error: bounded, because it may quote text from the bag."""
+    return bounded(text, REASON_LIMIT)
+
+
+def format_stamp(stamp_ns: int) -> str:
+    """Nanoseconds -> '12.345678901 s', exact (no float rounding), as a header stamp is written."""
+    sign = "-" if stamp_ns < 0 else ""
+    sec, nsec = divmod(abs(int(stamp_ns)), 1_000_000_000)
+    return f"{sign}{sec}.{nsec:09d} s"
+
+
+@contextlib.contextmanager
+def about_frame(topic: str, index: int, stamp_ns: int | None = None) -> Iterator[None]:
+    """Say which frame a ``BagError`` raised in the block is about (same class, so callers' handling holds).
+
+    The message becomes 'bad frame on <topic> #<index> (stamp <sec.nsec> s): <reason>', ``index`` being the
+    0-based message index on that topic; before the message is decoded the stamp is not known yet.
+    """
+    try:
+        yield
+    except BagError as exc:
+        stamp = f"stamp {format_stamp(stamp_ns)}" if stamp_ns is not None else "stamp unknown"
+        raise type(exc)(f"bad frame on {bounded(topic)} #{index} ({stamp}): {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------- stamps & messages
@@ -153,9 +179,10 @@ def decode_gt_mask(msg: Any) -> np.ndarray:
     """Ground-truth Image message (mono8) -> (H, W) uint8 with only 0 / 128 / 255 left."""
     from dicnet_ros.image_conversion import ImageConversionError, image_msg_to_array
 
-    if getattr(msg, "encoding", None) != "mono8":
+    encoding = getattr(msg, "encoding", None)
+    if encoding != "mono8":
         raise UnsupportedMessageError(
-            f"ground-truth image has encoding {getattr(msg, 'encoding', '?')!r}; expected mono8 ({GT_ENCODING_DOC})"
+            f"ground-truth image has encoding {bounded(encoding)!r}; expected mono8 ({GT_ENCODING_DOC})"
         )
     try:
         raw = image_msg_to_array(msg)
@@ -171,7 +198,7 @@ def deserialize(raw: bytes, msgtype: str) -> Any:
     try:
         return typestore().deserialize_cdr(raw, msgtype)
     except Exception as exc:  # rosbags raises assorted errors on bad CDR
-        raise CorruptBagError(f"cannot decode a {msgtype} message: {_one_line(exc)}") from exc
+        raise CorruptBagError(f"cannot decode a {bounded(msgtype)} message: {_one_line(exc)}") from exc
 
 
 def image_msg_rgb(msg: Any, msgtype: str) -> np.ndarray:
@@ -181,4 +208,4 @@ def image_msg_rgb(msg: Any, msgtype: str) -> np.ndarray:
     try:
         return compressed_msg_to_rgb(msg) if msgtype == COMPRESSED_TYPE else image_msg_to_rgb(msg)
     except ImageConversionError as exc:
-        raise UnsupportedMessageError(f"cannot convert {msgtype} message: {_one_line(exc)}") from exc
+        raise UnsupportedMessageError(f"cannot convert {bounded(msgtype)} message: {_one_line(exc)}") from exc

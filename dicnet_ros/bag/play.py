@@ -22,21 +22,27 @@ from dicnet_ros.bag.messages import (
     BagError,
     UnsupportedMessageError,
     _one_line,
+    bounded,
     typestore,
 )
 from dicnet_ros.bag.read import iter_raw, open_bag, require_topic
-from dicnet_ros.bag.write import Staging
+from dicnet_ros.bag.write import Staging, add_mcap_chunk_crcs
 
 # ------------------------------------------------------------------------------------- rclpy player/recorder
 
 
 def ros_message_class(msgtype: str) -> Any:
     """'sensor_msgs/msg/Image' -> the rclpy message class (from the installed ROS Python packages)."""
-    package, kind, name = msgtype.split("/")
+    parts = str(msgtype).split("/")
+    if len(parts) != 3:
+        raise UnsupportedMessageError(f"{bounded(msgtype)!r} is not a ROS message type (package/msg/Name)")
+    package, kind, name = parts
     try:
         return getattr(importlib.import_module(f"{package}.{kind}"), name)
     except (ImportError, AttributeError) as exc:
-        raise UnsupportedMessageError(f"ROS Python type {msgtype} is not installed ({exc})") from exc
+        raise UnsupportedMessageError(
+            f"ROS Python type {bounded(msgtype)} is not installed ({_one_line(exc)})"
+        ) from exc
 
 
 def play_bag(
@@ -205,6 +211,11 @@ class BagRecorder:
         self._queue.put(None)
         self._thread.join()
         if keep and self._error is None:
+            try:
+                add_mcap_chunk_crcs(self._staging.path)
+            except BaseException:
+                self._staging.discard()
+                raise
             self._staging.commit()
             return
         self._staging.discard()

@@ -1,6 +1,18 @@
-"""Reading bags: open a rosbag2 (directory, .db3 or .mcap) with one-line errors for missing, damaged or
-truncated storage, check that a topic exists with a usable type, stream raw messages and decoded camera frames
-one at a time, and read what ``make_bag`` stored in ``metadata.yaml`` (``custom_data``, storage identifier).
+"""Reading bags: find a rosbag2 from whatever path names it (folder, its metadata.yaml, or a storage file in
+it), open it with one-line errors for missing, damaged or truncated storage, check that a topic exists with a
+usable type, stream raw messages and decoded camera frames one at a time, and read what ``make_bag`` stored in
+``metadata.yaml`` (``custom_data``, storage identifier).
+
+What catches damaged bytes:
+
+- mcap: every chunk carries a CRC-32 of its records (``make_bag`` and ``evaluate_bag`` fill it in, see
+  :func:`dicnet_ros.bag.write.add_mcap_chunk_crcs`; ``ros2 bag record`` writes it by default). rosbags' reader
+  checks it whenever it reads a chunk, so a corrupted chunk ends the stream with ``CorruptBagError``. A CRC of
+  0 means "not computed" in MCAP and is not checked, so bags from writers that skip CRCs still read.
+- sqlite3: only sqlite's own checks. A damaged file header, page or b-tree gives "database disk image is
+  malformed" (``CorruptBagError``), but sqlite keeps no checksum of row contents, so bytes changed inside a
+  message blob go unnoticed unless they break CDR decoding or the image checks. Use ``--storage mcap`` where
+  integrity matters.
 """
 
 from __future__ import annotations
@@ -11,7 +23,7 @@ import sqlite3
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -28,6 +40,8 @@ from dicnet_ros.bag.messages import (
     TopicNotFoundError,
     UnsupportedMessageError,
     _one_line,
+    about_frame,
+    bounded,
     deserialize,
     image_msg_rgb,
     stamp_to_ns,
@@ -37,38 +51,108 @@ try:  # rosbags' sqlite3 storage reads through apsw, whose errors are not sqlite
     from apsw import Error as _ApswError
 except ImportError:  # pragma: no cover - older rosbags use the stdlib sqlite3
     _ApswError = sqlite3.DatabaseError
-#: Exceptions a damaged or truncated storage file raises while being opened or read.
+#: Exceptions a damaged or truncated storage file raises while being opened or read (OverflowError: a record
+#: length field overwritten with garbage, in an mcap chunk that has no CRC to catch it first).
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (
     ReaderError, sqlite3.DatabaseError, _ApswError, struct.error, EOFError, KeyError, ValueError, OSError,
+    OverflowError,
 )
 
+
+#: Storage files rosbags reads on their own; inside a rosbag2 folder they may also be zstd-compressed files.
+STORAGE_SUFFIXES = (".db3", ".mcap")
+#: How many topics an error message lists before "… and N more" (a bag may have thousands).
+LISTED_TOPICS = 20
 
 # ------------------------------------------------------------------------------------------------- reading
 
 
+@dataclass(frozen=True)
+class BagLocation:
+    """Where a bag is, whatever path named it; ``path`` is what rosbags opens."""
+
+    path: Path  # the rosbag2 folder, or a storage file with no metadata.yaml beside it
+    metadata: Path | None  # the folder's metadata.yaml; None for a storage file read on its own
+
+    @property
+    def name(self) -> str:
+        """The bag's name: the folder's, or the lone storage file's without its suffix."""
+        return self.path.name if self.metadata is not None else self.path.stem
+
+
+def locate_bag(path: str | Path) -> BagLocation:
+    """Resolve a bag path the way every tool here takes it: the rosbag2 folder, its metadata.yaml, or a
+    storage file (.db3 / .mcap) inside it.
+
+    A storage file with a metadata.yaml beside it is read through its folder, so the message counts, the other
+    split files and what ``make_bag`` stored in ``custom_data`` (topic names, dataset) are all there. A storage
+    file without one is read on its own, as rosbags allows (no ``custom_data`` then).
+    """
+    given = Path(path)
+    if not given.exists():
+        raise BagError(f"bag not found: {given}")
+    if given.is_dir():
+        folder = given
+    elif given.name == "metadata.yaml":
+        folder = given.parent
+    elif given.name.endswith(STORAGE_SUFFIXES) or given.name.endswith(tuple(f"{s}.zstd" for s in STORAGE_SUFFIXES)):
+        folder = given.parent
+        if given.suffix in STORAGE_SUFFIXES and not (folder / "metadata.yaml").is_file():
+            return BagLocation(given, None)
+        _require_listed(given, folder / "metadata.yaml")
+    else:
+        raise BagError(
+            f"{given} is not a rosbag2: give the bag folder, its metadata.yaml, or a "
+            f"{' / '.join(STORAGE_SUFFIXES)} storage file in it"
+        )
+    if not (folder / "metadata.yaml").is_file():
+        raise CorruptBagError(
+            f"{folder} has no metadata.yaml: not a rosbag2 directory, or a recording that did not finish "
+            "(try `ros2 bag reindex`)"
+        )
+    return BagLocation(folder, folder / "metadata.yaml")
+
+
+def _require_listed(storage_file: Path, metadata: Path) -> None:
+    """Refuse a storage file that its folder's metadata.yaml does not list: reading the folder would read others.
+
+    An unreadable metadata.yaml is left for ``open_bag`` to report.
+    """
+    try:
+        info = yaml.safe_load(metadata.read_text())["rosbag2_bagfile_information"]
+        names = [PurePath(str(p)).name for p in info.get("relative_file_paths") or []]
+    except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+        return
+    if names and storage_file.name not in names:
+        listed = ", ".join(bounded(n) for n in names[:LISTED_TOPICS]) + (" …" if len(names) > LISTED_TOPICS else "")
+        raise BagError(
+            f"{storage_file} is not a file of the bag in {storage_file.parent} (its metadata.yaml lists {listed}); "
+            "give the bag folder"
+        )
+
+
 def _topic_listing(reader: Reader) -> str:
+    """'topics in the bag: /a (type), ...': names and types bounded, at most ``LISTED_TOPICS`` of them."""
     topics = reader.topics
     if not topics:
         return "the bag has no topics"
-    return "topics in the bag: " + ", ".join(f"{name} ({info.msgtype})" for name, info in sorted(topics.items()))
+    items = sorted(topics.items())
+    listing = ", ".join(f"{bounded(name)} ({bounded(info.msgtype)})" for name, info in items[:LISTED_TOPICS])
+    if len(items) > LISTED_TOPICS:
+        listing += f", … and {len(items) - LISTED_TOPICS} more"
+    return "topics in the bag: " + listing
 
 
 @contextlib.contextmanager
 def open_bag(path: str | Path) -> Iterator[Reader]:
-    """Open a bag for reading, turning every rosbags/sqlite/mcap failure into a one-line ``BagError``."""
-    path = Path(path)
-    if not path.exists():
-        raise BagError(f"bag not found: {path}")
-    if path.is_dir() and not (path / "metadata.yaml").is_file():
-        raise CorruptBagError(
-            f"{path} has no metadata.yaml: not a rosbag2 directory, or a recording that did not finish "
-            "(try `ros2 bag reindex`)"
-        )
+    """Open a bag (any path ``locate_bag`` takes), turning every rosbags/sqlite/mcap failure into a one-line
+    ``BagError``."""
+    bag = locate_bag(path).path
     try:
-        reader = Reader(path)
+        reader = Reader(bag)
         reader.open()
     except STORAGE_ERRORS as exc:
-        raise CorruptBagError(f"cannot read bag {path} (damaged or truncated?): {_one_line(exc)}") from exc
+        raise CorruptBagError(f"cannot read bag {bag} (damaged or truncated?): {_one_line(exc)}") from exc
     try:
         yield reader
     finally:
@@ -77,14 +161,14 @@ def open_bag(path: str | Path) -> Iterator[Reader]:
 
 
 def read_custom_data(path: str | Path) -> dict[str, str]:
-    """The ``custom_data`` mapping of a bag directory's metadata.yaml (empty if absent or not a directory)."""
-    meta = Path(path) / "metadata.yaml"
-    if not meta.is_file():
+    """The ``custom_data`` mapping of a bag's metadata.yaml (empty for a storage file read on its own)."""
+    meta = locate_bag(path).metadata
+    if meta is None:
         return {}
     try:
         info = (yaml.safe_load(meta.read_text()) or {}).get("rosbag2_bagfile_information", {})
-    except yaml.YAMLError as exc:
-        raise CorruptBagError(f"{meta} is not valid YAML: {_one_line(exc)}") from exc
+    except (yaml.YAMLError, AttributeError) as exc:
+        raise CorruptBagError(f"{meta} is not a valid rosbag2 metadata file: {_one_line(exc)}") from exc
     return {str(k): str(v) for k, v in (info.get("custom_data") or {}).items()}
 
 
@@ -108,12 +192,12 @@ def require_topic(
     if topic not in topics:
         hint = ""
         if f"{topic}/compressed" in topics:
-            hint = f" (did you mean {topic}/compressed?)"
-        raise TopicNotFoundError(f"topic {topic} not found in {reader.path}{hint}; {_topic_listing(reader)}")
+            hint = f" (did you mean {bounded(f'{topic}/compressed')}?)"
+        raise TopicNotFoundError(f"topic {bounded(topic)} not found in {reader.path}{hint}; {_topic_listing(reader)}")
     info = topics[topic]
     if info.msgtype is None or (allowed_types is not None and info.msgtype not in allowed_types):
         raise UnsupportedMessageError(
-            f"topic {topic} carries {info.msgtype or 'several message types'}; expected "
+            f"topic {bounded(topic)} carries {bounded(info.msgtype or 'several message types')}; expected "
             f"{' or '.join(allowed_types or ['a single type'])}"
         )
     return list(info.connections), str(info.msgtype)
@@ -143,21 +227,28 @@ class BagImage:
 
 
 def iter_images(path: str | Path, topic: str) -> Iterator[BagImage]:
-    """Stream the decoded frames of ``topic`` (Image or CompressedImage) straight from the storage reader."""
+    """Stream the decoded frames of ``topic`` (Image or CompressedImage) straight from the storage reader.
+
+    A frame that cannot be decoded raises a ``BagError`` naming the topic, its index and its header stamp.
+    """
     with open_bag(path) as reader:
         connections, msgtype = require_topic(reader, topic, IMAGE_TYPES)
         for index, (_, timestamp, raw) in enumerate(iter_raw(reader, connections)):
-            msg = deserialize(raw, msgtype)
-            yield BagImage(index, timestamp, stamp_to_ns(msg.header.stamp), msg.header.frame_id,
-                           image_msg_rgb(msg, msgtype), msg)
+            with about_frame(topic, index):
+                msg = deserialize(raw, msgtype)
+            stamp = stamp_to_ns(msg.header.stamp)
+            with about_frame(topic, index, stamp):
+                rgb = image_msg_rgb(msg, msgtype)
+            yield BagImage(index, timestamp, stamp, msg.header.frame_id, rgb, msg)
 
 
-def _storage_of(path: Path) -> str:
-    """'mcap' or 'sqlite3': the storage of a bag directory (from metadata.yaml) or a bare storage file."""
-    if path.is_dir():
-        try:
-            info = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-            return "mcap" if str(info.get("storage_identifier", "")).lower() == "mcap" else "sqlite3"
-        except (OSError, KeyError, TypeError, yaml.YAMLError):
-            return "sqlite3"
-    return "mcap" if path.suffix == ".mcap" else "sqlite3"
+def _storage_of(path: str | Path) -> str:
+    """'mcap' or 'sqlite3': the storage of a bag (from metadata.yaml, or a lone storage file's suffix)."""
+    location = locate_bag(path)
+    if location.metadata is None:
+        return "mcap" if location.path.suffix == ".mcap" else "sqlite3"
+    try:
+        info = yaml.safe_load(location.metadata.read_text())["rosbag2_bagfile_information"]
+        return "mcap" if str(info.get("storage_identifier", "")).lower() == "mcap" else "sqlite3"
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return "sqlite3"

@@ -1,7 +1,7 @@
 """Writing bags and outputs: ``make_bag`` (dataset split -> camera drive with ground-truth masks; the mask
 topic is mono8, 255 = anomaly, 0 = normal, 128 = ignore), the staging that makes every output appear atomically
-(a hidden temporary directory beside the target, renamed into place only when the run succeeds), and copying a
-connection into another bag.
+(a hidden temporary directory beside the target, renamed into place only when the run succeeds), the chunk
+CRCs of the mcap files written here (``add_mcap_chunk_crcs``), and copying a connection into another bag.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import contextlib
 import json
 import math
 import shutil
+import struct
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +93,53 @@ def check_output(target: Path, overwrite: bool) -> None:
     """Refuse an existing output path (early, before any work) unless ``overwrite``."""
     if (target.exists() or target.is_symlink()) and not overwrite:
         raise OutputExistsError(f"output {target} exists; remove it or pass --overwrite")
+
+
+# ------------------------------------------------------------------------------------------------ mcap CRCs
+
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+_RECORD_HEAD = struct.Struct("<BQ")  # opcode, record length
+_CHUNK_FIXED = struct.Struct("<QQQI")  # message start time, end time, uncompressed size, uncompressed CRC
+_CHUNK_OPCODE, _DATA_END_OPCODE, _FOOTER_OPCODE = 0x06, 0x0F, 0x02
+
+
+def add_mcap_chunk_crcs(bag: Path) -> int:
+    """Fill in the CRC-32 of every chunk in the bag's .mcap files that has none; returns how many were filled.
+
+    Why this way: rosbags' MCAP writer (``rosbags.rosbag2.storage_mcap.McapWriter.close_chunk``, rosbags 0.11)
+    always writes ``uncompressed_crc = 0``, "not computed" in the MCAP spec, and has no option to compute it, so
+    bytes corrupted later would be read back without notice. Patching that 4-byte field once the writer has
+    closed the file depends only on the published MCAP record layout, not on rosbags' internals (a subclass of
+    its writer would), and leaves every other byte as rosbags wrote it. rosbags' reader checks a non-zero chunk
+    CRC whenever it loads the chunk (so bag-eval, iter_images and play_bag do), as does ``mcap doctor``; a CRC
+    already set (by a future rosbags) is kept. Costs one extra read of the file.
+    """
+    return sum(_fill_chunk_crcs(path) for path in sorted(Path(bag).glob("*.mcap")))
+
+
+def _fill_chunk_crcs(path: Path) -> int:
+    """Walk the data section record by record; write each uncompressed chunk's CRC-32 where it is 0."""
+    filled = 0
+    with path.open("r+b") as file:
+        if file.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
+            raise BagError(f"{path} is not an MCAP file (bad magic)")
+        while len(head := file.read(_RECORD_HEAD.size)) == _RECORD_HEAD.size:
+            opcode, length = _RECORD_HEAD.unpack(head)
+            if opcode in (_DATA_END_OPCODE, _FOOTER_OPCODE):
+                break
+            body = file.tell()
+            if opcode == _CHUNK_OPCODE:
+                *_, crc = _CHUNK_FIXED.unpack(file.read(_CHUNK_FIXED.size))
+                (name_len,) = struct.unpack("<I", file.read(4))
+                compression = file.read(name_len)
+                (records_len,) = struct.unpack("<Q", file.read(8))
+                if crc == 0 and not compression:  # this package never compresses chunks
+                    records = file.read(records_len)
+                    file.seek(body + _CHUNK_FIXED.size - 4)
+                    file.write(struct.pack("<I", zlib.crc32(records)))
+                    filled += 1
+            file.seek(body + length)
+    return filled
 
 
 # ----------------------------------------------------------------------------------------------- make-bag
@@ -194,6 +243,7 @@ def make_bag(
                     h, w = sample.image.shape[:2]
                     writer.write(conns[camera_info_topic], stamp,
                                  ts.serialize_cdr(camera_info(w, h, stamp, frame_id), CAMERA_INFO_TYPE))
+        add_mcap_chunk_crcs(staged)
     return MakeBagResult(out, count, topics, t0, stamps)
 
 
