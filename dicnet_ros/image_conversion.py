@@ -21,6 +21,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from dicnet_ros.text import bounded
+
 # encoding -> (dtype, channels, cv2 code to RGB or None when already RGB / mono handled separately)
 _INPUT_ENCODINGS: dict[str, tuple[type, int, int | None]] = {
     "rgb8": (np.uint8, 3, None),
@@ -53,6 +55,53 @@ class ImageConversionError(ValueError):
     """A message cannot be turned into an image (unknown encoding, inconsistent size/step/data)."""
 
 
+class ImageTooLargeError(ImageConversionError):
+    """The image (or what a compressed header claims) has more pixels than allowed: refused before decoding."""
+
+
+#: Default pixel limit: a 4096 x 4096 image (fits 4K UHD 3840 x 2160 and DCI 4K 4096 x 2160).
+DEFAULT_MAX_PIXELS = 4096 * 4096
+def compressed_image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header without decoding, or None when the header is not one of those.
+
+    Why: a few hundred bytes of JPEG can claim 12000 x 12000 pixels, and OpenCV would allocate and decode all of
+    them (seconds, gigabytes) before anyone could object; the header answers in microseconds.
+    """
+    buf = memoryview(np.asarray(data, dtype=np.uint8).reshape(-1)) if not isinstance(data, bytes) else memoryview(data)
+    if len(buf) >= 24 and bytes(buf[:8]) == b"\x89PNG\r\n\x1a\n" and bytes(buf[12:16]) == b"IHDR":
+        return int.from_bytes(buf[16:20], "big"), int.from_bytes(buf[20:24], "big")
+    if len(buf) < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
+        return None
+    pos = 2
+    while pos + 4 <= len(buf):
+        if buf[pos] != 0xFF:
+            return None
+        marker = buf[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            pos += 2
+            continue
+        length = int.from_bytes(buf[pos + 2: pos + 4], "big")
+        # start of frame (baseline, progressive, lossless, arithmetic...): precision, height, width
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if pos + 9 > len(buf):
+                return None
+            return int.from_bytes(buf[pos + 7: pos + 9], "big"), int.from_bytes(buf[pos + 5: pos + 7], "big")
+        if marker == 0xDA or length < 2:  # scan data before any frame header: not a JPEG we can size
+            return None
+        pos += 2 + length
+    return None
+
+
+def check_pixel_count(width: int, height: int, max_pixels: int | None, what: str = "image") -> None:
+    """Raise ImageTooLargeError when ``width x height`` exceeds ``max_pixels`` (None or 0 = no limit)."""
+    if max_pixels and width * height > max_pixels:
+        raise ImageTooLargeError(f"{what} of {width}x{height} = {width * height} pixels exceeds the limit of "
+                                 f"{max_pixels} pixels (max_input_pixels); refused without decoding")
+
+
 def _buffer(data: Any) -> np.ndarray:
     """The message's data as a flat uint8 array, a zero-copy view when the data supports the buffer protocol."""
     if isinstance(data, np.ndarray):
@@ -75,7 +124,7 @@ def image_msg_to_array(msg: Any) -> np.ndarray:
             spec = (*_OUTPUT_ENCODINGS[encoding], None)
         else:
             raise ImageConversionError(
-                f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+                f"unsupported image encoding '{bounded(encoding)}'; supported: {', '.join(SUPPORTED_ENCODINGS)}")
     dtype, channels, _ = spec
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
@@ -123,7 +172,7 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     encoding = str(msg.encoding)
     if encoding not in _INPUT_ENCODINGS:
         raise ImageConversionError(
-            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+            f"unsupported image encoding '{bounded(encoding)}'; supported: {', '.join(SUPPORTED_ENCODINGS)}")
     code = _INPUT_ENCODINGS[encoding][2]
     image = to_uint8(image_msg_to_array(msg))
     if code is None:
@@ -131,17 +180,28 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image), code)
 
 
-def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
-    """CompressedImage (jpeg / png, colour or grey) -> (H, W, 3) uint8 RGB."""
+def compressed_msg_to_rgb(msg: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """CompressedImage (jpeg / png, colour or grey) -> (H, W, 3) uint8 RGB.
+
+    The size in the PNG / JPEG header is checked against ``max_pixels`` before anything is decoded (None or 0 =
+    no limit, then other formats OpenCV reads are accepted too); with a limit, data whose size cannot be read
+    from its header is refused, since nothing would bound what decoding it costs.
+    """
     fmt = str(getattr(msg, "format", "")).lower()
     if "compresseddepth" in fmt:
-        raise ImageConversionError(f"compressed depth images are not supported (format {fmt!r})")
+        raise ImageConversionError(f"compressed depth images are not supported (format '{bounded(fmt)}')")
     data = _buffer(msg.data)
     if data.size == 0:
         raise ImageConversionError("compressed image has no data")
+    if max_pixels:
+        size = compressed_image_size(data)
+        if size is None:
+            raise ImageConversionError(f"could not decode compressed image: no PNG or JPEG header (format "
+                                       f"'{bounded(fmt)}', {data.size} bytes), so its size cannot be checked first")
+        check_pixel_count(*size, max_pixels, what=f"compressed image (header, {data.size} bytes)")
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ImageConversionError(f"could not decode compressed image (format {fmt!r}, {data.size} bytes)")
+        raise ImageConversionError(f"could not decode compressed image (format '{bounded(fmt)}', {data.size} bytes)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -216,7 +276,8 @@ def make_image_decoder(prefer_cv_bridge: bool = True) -> tuple[Callable[[Any], n
             def decode(msg: Any) -> np.ndarray:
                 if str(msg.encoding) not in _INPUT_ENCODINGS:
                     raise ImageConversionError(
-                        f"unsupported image encoding {msg.encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+                        f"unsupported image encoding '{bounded(msg.encoding)}'; supported: "
+                        f"{', '.join(SUPPORTED_ENCODINGS)}")
                 image_msg_to_array(msg)  # validation only (a view, cheap)
                 try:
                     return bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")

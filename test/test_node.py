@@ -441,3 +441,82 @@ def test_startup_errors_exit_cleanly(args: tuple[str, ...], expected: str, tiny_
     assert proc.returncode == 1, output
     assert expected in output, output
     assert "Traceback" not in output, output
+
+
+def jpeg_bomb(width: int = 12000, height: int = 12000) -> bytes:
+    """A few hundred bytes of valid JPEG whose frame header claims ``width x height`` pixels."""
+    ok, enc = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 10])
+    assert ok
+    data = bytearray(enc.tobytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5: sof + 7] = height.to_bytes(2, "big")
+    data[sof + 7: sof + 9] = width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_decompression_bomb_is_refused_before_decoding(harness: Harness, tiny_onnx: Path) -> None:
+    """A tiny JPEG claiming 12000x12000 pixels is refused from its header, counted, and the node keeps serving."""
+    node, outputs = harness.start("cam_bomb", tiny_onnx, image_transport="compressed")
+    pub = harness.publisher(CompressedImage, "/cam_bomb/anomaly_node/image/compressed")
+    bomb = CompressedImage(header=header(900), format="jpeg")
+    bomb.data = jpeg_bomb()
+    assert len(bomb.data) < 1000
+    started = time.monotonic()
+    for _ in range(20):
+        pub.publish(bomb)
+        if wait_until(lambda: node.stats()["dropped_too_large"] > 0, timeout=0.5):
+            break
+    assert node.stats()["dropped_too_large"] >= 1
+    assert time.monotonic() - started < 5.0
+    _, jpeg = cv2.imencode(".jpg", random_image("bgr8", 40, 56))
+    good = CompressedImage(header=header(901), format="jpeg")
+    good.data = jpeg.tobytes()
+    send(pub, good, outputs)  # still serving
+    assert not outputs.with_stamp("anomaly_mask", 900)
+    assert node.stats()["errors"] == 0 and node.stats()["dropped_bad"] == 0
+
+
+def test_raw_image_over_the_pixel_limit_is_refused(harness: Harness, tiny_onnx: Path) -> None:
+    node, outputs = harness.start("cam_limit", tiny_onnx, max_input_pixels=64 * 48)
+    pub = harness.publisher(Image, "/cam_limit/anomaly_node/image")
+    for _ in range(20):
+        pub.publish(image_msg(random_image("rgb8", 49, 64), "rgb8", 910))
+        if wait_until(lambda: node.stats()["dropped_too_large"] > 0, timeout=0.5):
+            break
+    assert node.stats()["dropped_too_large"] >= 1
+    send(pub, image_msg(random_image("rgb8", 48, 64), "rgb8", 911), outputs)  # exactly at the limit: fine
+    assert not outputs.with_stamp("anomaly_mask", 910)
+
+
+def test_integer_threshold_is_accepted_at_run_time(main_node: tuple, harness: Harness) -> None:
+    """`ros2 param set ... threshold 1` sends an integer: it means 1.0, not a type error."""
+    node, _outputs, _pub = main_node
+    client = AsyncParameterClient(harness.tester, "/cam_main/anomaly_node")
+    assert client.wait_for_services(timeout_sec=5.0)
+    default = node.model.threshold
+    try:
+        future = client.set_parameters([Parameter("threshold", value=1)])
+        assert wait_until(future.done, timeout=5.0)
+        result = future.result().results[0]
+        assert result.successful, result.reason
+        assert node.model.threshold == 1.0
+        future = client.set_parameters([Parameter("threshold", value="high")])
+        assert wait_until(future.done, timeout=5.0)
+        rejected = future.result().results[0]
+        assert not rejected.successful and "threshold" in rejected.reason
+    finally:
+        future = client.set_parameters([Parameter("threshold", value=math.nan)])
+        wait_until(future.done, timeout=5.0)
+    assert node.model.threshold == pytest.approx(default)
+
+
+def test_matched_publisher_without_frames_is_reported(harness: Harness, tiny_onnx: Path) -> None:
+    """A camera that is matched but delivers nothing: one warning naming the cause, counted in diagnostics."""
+    node, _outputs = harness.start("cam_silent", tiny_onnx, no_frame_warn_s=1.0)
+    harness.tester.create_publisher(Image, "/cam_silent/anomaly_node/image",
+                                    QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+    assert wait_until(lambda: node.stats()["no_frame_warnings"] >= 1, timeout=10.0)
+    problem = node._qos_problems.get("silent:input", "")
+    assert "matched" in problem and "no frame arrived" in problem and "Fix:" in problem, problem
+    time.sleep(1.5)
+    assert node.stats()["no_frame_warnings"] == 1  # once per silence, not every tick

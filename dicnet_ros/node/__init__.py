@@ -13,7 +13,7 @@ from typing import Any
 # public name -> the module (in this package) that defines it
 _EXPORTS: dict[str, str] = {
     "AnomalyNode": "anomaly_node",
-    "NODE_NAME": "anomaly_node",
+    "NODE_NAME": "parameters",
     "PACKAGE": "anomaly_node",
     "NodeStartupError": "errors",
     "ParameterError": "errors",

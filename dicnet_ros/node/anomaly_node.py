@@ -6,7 +6,11 @@ Why it is built this way:
 - Inference runs on a worker thread fed by a one-frame slot: a slow model never builds a backlog, the newest
   frame always wins, and stale / too old / malformed frames are dropped and counted, never queued.
 - Colour and overlay images are computed only while someone subscribes; the score and mask always are.
-- Camera QoS mismatches (the most common "no output" complaint) are reported loudly with the fix.
+- Camera QoS mismatches (the most common "no output" complaint) are reported loudly with the fix; with
+  ``input_qos: auto`` the subscription follows the camera's reliability, and a publisher that is matched but
+  delivers nothing (large frames lost between processes) is reported once with its cause.
+- Frames are sized before decoding (``max_input_pixels``): a tiny JPEG claiming 12000 x 12000 pixels is
+  refused and counted, never decoded.
 - glibc's allocator is told to keep freed megabyte buffers (``tune_allocator``): otherwise every frame's
   message buffers (taken by the executor thread, built by the worker) are fresh mmap pages, and the page
   faults cost more than the DDS transport itself (~2.5 ms per 2.7 MB 720p image, in and out).
@@ -18,6 +22,7 @@ Run: ``anomaly_node --ros-args -p model_path:=model.onnx -r ~/image:=/camera/ima
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -34,18 +39,31 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32
 from std_srvs.srv import SetBool
 
-from dicnet_ros.image_conversion import ImageConversionError, compressed_msg_to_rgb, make_image_decoder
+from dicnet_ros.image_conversion import (
+    ImageConversionError,
+    ImageTooLargeError,
+    check_pixel_count,
+    compressed_msg_to_rgb,
+    make_image_decoder,
+)
 from dicnet_ros.inference.base import AnomalyModel
 from dicnet_ros.node.allocator import tune_allocator
 from dicnet_ros.node.diagnostics import NodeStats, diagnostic_status
 from dicnet_ros.node.errors import NodeStartupError, ParameterError
+from dicnet_ros.node.input_watch import InputWatch
 from dicnet_ros.node.model_loading import open_model
-from dicnet_ros.node.parameters import PARAMETER_NAMES, PARAMETERS, parameter_descriptor, validate_parameter
+from dicnet_ros.node.parameters import (
+    NODE_NAME,
+    PARAMETER_NAMES,
+    PARAMETERS,
+    parameter_descriptor,
+    validate_parameter,
+)
 from dicnet_ros.node.publishing import PublishingMixin
-from dicnet_ros.node.qos import QOS_FIX, make_qos
+from dicnet_ros.node.qos import QOS_FIX, auto_preset, make_qos
+from dicnet_ros.text import bounded
 from dicnet_ros.visualization import class_palette
 
-NODE_NAME = "anomaly_node"
 PACKAGE = "dicnet_ros"
 
 
@@ -63,6 +81,7 @@ class AnomalyNode(PublishingMixin, Node):
         self._stats = NodeStats()
         self._qos_problems: dict[str, str] = {}
         self._last_seq: dict[bytes, int] = {}  # publisher gid -> last publication sequence number
+        self._image_sub: Any = None
         self._worker: threading.Thread | None = None
         try:
             self._p = self._declare_parameters()
@@ -80,8 +99,8 @@ class AnomalyNode(PublishingMixin, Node):
         self.get_logger().info(
             f"ready: {info.get('backend')} on {info.get('device')}, model {info.get('model')}, threshold "
             f"{self._model.threshold:g}, input {self._image_sub.topic_name} ({self._p['input_qos']}, "
-            f"decoder {self._decoder_name}), outputs at {self._p['output_resolution']} resolution, allocator: "
-            f"{self._allocator}")
+            f"decoder {self._decoder_name}), outputs at {self._p['output_resolution']} resolution, DDS: "
+            f"{self._watch.profile_description()}, allocator: {self._allocator}")
 
     # ---------------------------------------------------------------------------------------------- parameters
     def _declare_parameters(self) -> dict[str, Any]:
@@ -159,25 +178,35 @@ class AnomalyNode(PublishingMixin, Node):
         self._pub_latency = self.create_publisher(Float32, "~/latency_ms", out_qos)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        compressed = self._p["image_transport"] == "compressed"
-        self._expected_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
-        if compressed:
-            self._decode = compressed_msg_to_rgb
+        self._compressed = self._p["image_transport"] == "compressed"
+        self._expected_type = "sensor_msgs/msg/CompressedImage" if self._compressed else "sensor_msgs/msg/Image"
+        if self._compressed:
+            self._decode = functools.partial(compressed_msg_to_rgb, max_pixels=self._p["max_input_pixels"])
             self._decoder_name = "cv2.imdecode"
         else:
             self._decode, self._decoder_name = make_image_decoder()
-        self._in_qos = make_qos(self._p["input_qos"], self._p["input_depth"])
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_input_incompatible_qos,
-                                            incompatible_type=self._on_input_incompatible_type)
-        self._image_sub = self.create_subscription(
-            CompressedImage if compressed else Image, "~/image/compressed" if compressed else "~/image",
-            self._on_image, self._in_qos, event_callbacks=events)
+        self._watch = InputWatch(self._p["no_frame_warn_s"])
+        self._subscribe(make_qos(self._p["input_qos"], self._p["input_depth"]))
         self._enabled = bool(self._p["enabled"])
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_timer(self._p["diagnostics_period_s"], self._publish_diagnostics)
         self._first_check = self.create_timer(1.0, self._first_qos_check)
         if self._p["qos_check_period_s"] > 0:
             self.create_timer(self._p["qos_check_period_s"], self._check_publisher_qos)
+        self.create_timer(0.5, self._watch_input)
+
+    def _subscribe(self, qos: Any) -> None:
+        """(Re)create the camera subscription with ``qos``; DDS loss counts of the old one are kept."""
+        if self._image_sub is not None:
+            self._watch.subscription_replaced()
+            self.destroy_subscription(self._image_sub)
+        self._in_qos = qos
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_input_incompatible_qos,
+                                            incompatible_type=self._on_input_incompatible_type,
+                                            message_lost=self._on_message_lost, matched=self._on_input_matched)
+        self._image_sub = self.create_subscription(
+            CompressedImage if self._compressed else Image, "~/image/compressed" if self._compressed else "~/image",
+            self._on_image, qos, event_callbacks=events)
 
     # ---------------------------------------------------------------------------------------------- callbacks
     def _on_image(self, msg: Any, info: Any) -> None:
@@ -196,10 +225,13 @@ class AnomalyNode(PublishingMixin, Node):
             if last is not None and seq > last + 1:
                 gap = seq - last - 1
             self._last_seq[key] = seq
+        now = time.monotonic()
+        self._watch.frame_arrived(now)
         with stats.lock:
             stats.received += 1
-            stats.dropped_queue += gap
-            stats.last_received = time.monotonic()
+            # a gap is a frame DDS lost in transport (already counted by message_lost) or one replaced in the queue
+            stats.dropped_queue += self._watch.queue_share_of_gap(gap)
+            stats.last_received = now
             if not self._enabled:
                 stats.dropped_paused += 1
                 return
@@ -220,8 +252,54 @@ class AnomalyNode(PublishingMixin, Node):
         self.get_logger().info(response.message)
         return response
 
+    def _on_message_lost(self, event: Any) -> None:
+        """DDS counted best-effort frames that were sent after the match and never arrived (lost fragments)."""
+        self._watch.lost_total(int(event.total_count))
+        with self._stats.lock:
+            self._stats.dropped_undelivered = self._watch.lost
+
+    def _on_input_matched(self, event: Any) -> None:
+        self._watch.matched(int(event.current_count), time.monotonic())
+
+    def _watch_input(self) -> None:
+        """Twice a second: follow the camera's reliability (input_qos auto) and report a silent publisher."""
+        if self._p["input_qos"] == "auto":
+            self._follow_publishers()
+        warning = self._watch.silent_publisher_warning(time.monotonic(), self._image_sub.topic_name,
+                                                       self._in_qos.reliability == ReliabilityPolicy.RELIABLE,
+                                                       self._p["input_qos"])
+        key = "silent:input"
+        if warning is None:
+            self._qos_problems.pop(key, None)
+            return
+        if key not in self._qos_problems:
+            with self._stats.lock:
+                self._stats.no_frame_warnings += 1
+            self.get_logger().warning(warning)
+        self._qos_problems[key] = warning
+
+    def _follow_publishers(self) -> None:
+        """input_qos auto: reliable when every camera publisher is reliable, else best effort (matches any)."""
+        topic = self._image_sub.topic_name
+        try:
+            infos = [i for i in self.get_publishers_info_by_topic(topic) if i.topic_type == self._expected_type]
+        except Exception:  # graph queries can fail during shutdown
+            return
+        if not infos:
+            return
+        want = auto_preset([i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos])
+        qos = make_qos(want, self._p["input_depth"])
+        if qos.reliability == self._in_qos.reliability:
+            return
+        self.get_logger().info(f"input_qos auto: {len(infos)} publisher(s) on {topic}, "
+                               f"{'all reliable' if want == 'reliable' else 'best effort among them'}: "
+                               f"subscribing {want.replace('_', ' ')} (depth {self._p['input_depth']})")
+        self._subscribe(qos)
+
     def _on_input_incompatible_qos(self, event: Any) -> None:
         policy = qos_policy_name_from_kind(event.last_policy_kind)
+        if self._p["input_qos"] == "auto" and policy == "RELIABILITY":
+            return  # a best-effort camera appeared while auto subscribes reliable: _follow_publishers switches
         fix = QOS_FIX.get(policy, "make the camera's QoS and input_qos agree")
         msg = (f"incompatible QoS with a publisher on {self._image_sub.topic_name}: policy {policy} "
                f"(input_qos={self._p['input_qos']}); no images will arrive. Fix: {fix}")
@@ -261,10 +339,11 @@ class AnomalyNode(PublishingMixin, Node):
             if info.topic_type != self._expected_type:
                 problems[f"type:{who}"] = (f"{who} publishes {info.topic_type} on {topic}, this node expects "
                                            f"{self._expected_type} (image_transport={self._p['image_transport']})")
-            if qos.reliability == ReliabilityPolicy.BEST_EFFORT and ours.reliability == ReliabilityPolicy.RELIABLE:
+            if (qos.reliability == ReliabilityPolicy.BEST_EFFORT and ours.reliability == ReliabilityPolicy.RELIABLE
+                    and self._p["input_qos"] != "auto"):
                 problems[f"rel:{who}"] = (f"{who} publishes {topic} BEST_EFFORT but input_qos="
                                           f"{self._p['input_qos']} is RELIABLE: no images will arrive; set "
-                                          "input_qos:=sensor_data")
+                                          "input_qos:=auto")
             if (qos.durability == DurabilityPolicy.VOLATILE
                     and ours.durability == DurabilityPolicy.TRANSIENT_LOCAL):
                 problems[f"dur:{who}"] = f"{who} publishes {topic} VOLATILE, the subscription is TRANSIENT_LOCAL"
@@ -318,14 +397,24 @@ class AnomalyNode(PublishingMixin, Node):
                                           f"{age_ms:.0f} ms)", throttle_duration_sec=5.0)
                 return
         try:
+            if not self._compressed:
+                check_pixel_count(int(msg.width), int(msg.height), self._p["max_input_pixels"])
             image = self._decode(msg)
+        except ImageTooLargeError as exc:
+            with stats.lock:
+                stats.dropped_too_large += 1
+                stats.window_too_large += 1
+                count = stats.dropped_too_large
+            self.get_logger().error(f"refusing an image on {self._image_sub.topic_name} (frame_id "
+                                    f"'{bounded(header.frame_id)}', {count} so far): {exc}", throttle_duration_sec=5.0)
+            return
         except ImageConversionError as exc:
             with stats.lock:
                 stats.dropped_bad += 1
                 stats.window_bad += 1
                 count = stats.dropped_bad
             self.get_logger().error(f"skipping bad image on {self._image_sub.topic_name} (frame_id "
-                                    f"'{header.frame_id}', {count} so far): {exc}", throttle_duration_sec=5.0)
+                                    f"'{bounded(header.frame_id)}', {count} so far): {exc}", throttle_duration_sec=5.0)
             return
         if self._p["output_resolution"] == "network" and (image.shape[1], image.shape[0]) != self._network_size:
             image = cv2.resize(image, self._network_size, interpolation=cv2.INTER_LINEAR)
@@ -364,8 +453,10 @@ class AnomalyNode(PublishingMixin, Node):
         return self._model
 
     def _publish_diagnostics(self) -> None:
+        transport = {"input_reliability": "reliable" if self._in_qos.reliability == ReliabilityPolicy.RELIABLE
+                     else "best_effort", "dds_profile": self._watch.profile_description()}
         status = diagnostic_status(self._stats, self._model, self._p, self._enabled, self._qos_problems,
-                                   self._image_sub.topic_name, self.get_fully_qualified_name())
+                                   self._image_sub.topic_name, self.get_fully_qualified_name(), transport)
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._pub_diag.publish(array)

@@ -3,42 +3,88 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
+from typing import Any
 
-import rclpy
-
-from dicnet_ros.inference.base import BACKENDS
-from dicnet_ros.node.anomaly_node import NODE_NAME, AnomalyNode
-from dicnet_ros.node.errors import NodeStartupError
+# Only light imports here: the signal handlers go in before rclpy, OpenCV and the runtimes are imported, so a
+# Ctrl-C during start-up ends the process quietly too.
+from dicnet_ros.node.middleware import PROFILE_ENV, apply_large_image_profile
 
 
-def run_node(ros_args: list[str] | None = None) -> int:
-    """Init rclpy with ``ros_args`` (argv style), spin the node until Ctrl-C; 1 on a startup error."""
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+class _ShutdownRequest:
+    """SIGINT / SIGTERM -> a flag the spin loop polls. The first signal asks for shutdown; later ones (``ros2
+    launch`` forwards a second SIGINT on top of the terminal's) are ignored, so closing the worker and the model
+    is never cut short by a KeyboardInterrupt and every shutdown path exits 0 quietly."""
 
-    logger = rclpy.logging.get_logger(NODE_NAME)
-    try:
-        rclpy.init(args=ros_args)
-    except Exception as exc:  # malformed --ros-args: one line, not a traceback
-        logger.fatal(f"cannot initialise ROS: {' '.join(str(exc).split())}")
-        return 2
-    try:
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _ShutdownRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested.set()
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run_node(ros_args: list[str] | None = None, fastdds_profile: str | None = None) -> int:
+    """Init rclpy with ``ros_args`` (argv style) and spin the node until SIGINT / SIGTERM.
+
+    Returns 0 after a signal (also one that arrives while rclpy is imported or the model is loading), 1 on a
+    startup error, 2 for malformed ROS arguments. The signal handlers are installed before anything heavy is
+    imported. The large-image Fast DDS profile is applied before ``rclpy.init`` (see ``node.middleware``): DDS
+    reads it when the first participant is created.
+    """
+    with _ShutdownRequest() as shutdown:
+        import rclpy
+        from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
+
+        from dicnet_ros.node.anomaly_node import AnomalyNode
+        from dicnet_ros.node.errors import NodeStartupError
+        from dicnet_ros.node.parameters import NODE_NAME
+
+        logger = rclpy.logging.get_logger(NODE_NAME)
         try:
-            node = AnomalyNode()
-        except NodeStartupError as exc:
+            apply_large_image_profile(fastdds_profile)
+        except FileNotFoundError as exc:
             logger.fatal(str(exc))
-            return 1
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
+            return 2
+        if shutdown.requested.is_set():
+            return 0
         try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
+            rclpy.init(args=ros_args, signal_handler_options=SignalHandlerOptions.NO)
+        except Exception as exc:  # malformed --ros-args: one line, not a traceback
+            logger.fatal(f"cannot initialise ROS: {' '.join(str(exc).split())}")
+            return 2
+        node = None
+        executor = SingleThreadedExecutor()
+        try:
+            try:
+                node = AnomalyNode()
+            except NodeStartupError as exc:
+                if shutdown.requested.is_set():
+                    return 0
+                logger.fatal(str(exc))
+                return 1
+            executor.add_node(node)
+            while not shutdown.requested.is_set():
+                executor.spin_once(timeout_sec=0.1)
+            return 0
+        except ExternalShutdownException:
+            return 0
         finally:
             executor.shutdown()
-            node.close()
-        return 0
-    finally:
-        rclpy.try_shutdown()
+            if node is not None:
+                node.close()
+            rclpy.try_shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``dicnet node`` options; they become ROS parameters / remaps, anything after --ros-args is passed on."""
+    from dicnet_ros.inference.base import BACKENDS
+
     parser.add_argument("--model", help="model file (default: the package's default model)")
     parser.add_argument("--backend", choices=BACKENDS, help="inference runtime (default auto)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
@@ -59,6 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, help="mask threshold (default: the model's)")
     parser.add_argument("--namespace", help="node namespace (one per camera)")
     parser.add_argument("--use-sim-time", action="store_true", help="use /clock (bag replay)")
+    parser.add_argument("--fastdds-profile", default=None,
+                        help="Fast DDS profile for large camera images: default the shipped "
+                             "config/fastdds_large_images.xml unless the environment names one; a path; or 'none' "
+                             f"(also ${PROFILE_ENV})")
     parser.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[],
                         help="everything after this goes to ROS unchanged")
 
@@ -87,7 +139,7 @@ def build_ros_args(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """``dicnet node``."""
-    return run_node(["dicnet-node", *build_ros_args(args)])
+    return run_node(["dicnet-node", *build_ros_args(args)], getattr(args, "fastdds_profile", None))
 
 
 if __name__ == "__main__":

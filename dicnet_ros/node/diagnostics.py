@@ -19,6 +19,11 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, np.float64), q)) if len(values) else math.nan
 
 
+#: Counters of ``NodeStats.snapshot`` (and /diagnostics), in the order a frame meets them.
+COUNTERS = ("received", "processed", "dropped_undelivered", "dropped_queue", "dropped_stale", "dropped_too_old",
+            "dropped_too_large", "dropped_bad", "dropped_paused", "errors", "no_frame_warnings")
+
+
 class NodeStats:
     """Counters and latency samples shared by the callback, the worker and the diagnostics timer."""
 
@@ -30,25 +35,29 @@ class NodeStats:
         self.dropped_queue = 0
         self.dropped_too_old = 0
         self.dropped_bad = 0
+        self.dropped_too_large = 0
+        self.dropped_undelivered = 0  # DDS-reported lost samples (best effort, lost in transport after the match)
         self.dropped_paused = 0
+        self.no_frame_warnings = 0
         self.errors = 0
         self.window_latency: deque[float] = deque(maxlen=2000)
         self.window_inference: deque[float] = deque(maxlen=2000)
         self.timings: deque[tuple[float, float]] = deque(maxlen=2000)
         self.window_processed = 0
         self.window_bad = 0
+        self.window_too_large = 0
         self.window_errors = 0
         self.window_start = time.monotonic()
         self.last_received = time.monotonic()
 
     def snapshot(self) -> dict[str, int]:
         with self.lock:
-            return {k: getattr(self, k) for k in ("received", "processed", "dropped_stale", "dropped_queue",
-                                                  "dropped_too_old", "dropped_bad", "dropped_paused", "errors")}
+            return {k: getattr(self, k) for k in COUNTERS}
 
 
 def diagnostic_status(stats: NodeStats, model: AnomalyModel, params: dict[str, Any], enabled: bool,
-                      qos_problems: dict[str, str], input_topic: str, node_name: str) -> DiagnosticStatus:
+                      qos_problems: dict[str, str], input_topic: str, node_name: str,
+                      transport: dict[str, str] | None = None) -> DiagnosticStatus:
     """The node's status for /diagnostics (level, message, key values); starts the next measurement window."""
     now = time.monotonic()
     with stats.lock:
@@ -57,11 +66,11 @@ def diagnostic_status(stats: NodeStats, model: AnomalyModel, params: dict[str, A
         lat = list(stats.window_latency)
         inf = list(stats.window_inference)
         overhead = [t[1] for t in list(stats.timings)[-len(lat):]] if lat else []
-        window_bad, window_errors = stats.window_bad, stats.window_errors
+        window_bad, window_errors = stats.window_bad + stats.window_too_large, stats.window_errors
         silent_s = now - stats.last_received
         stats.window_latency.clear()
         stats.window_inference.clear()
-        stats.window_processed = stats.window_bad = stats.window_errors = 0
+        stats.window_processed = stats.window_bad = stats.window_too_large = stats.window_errors = 0
         stats.window_start = now
     counters = stats.snapshot()
     p95 = _percentile(lat, 95)
@@ -95,6 +104,7 @@ def diagnostic_status(stats: NodeStats, model: AnomalyModel, params: dict[str, A
         "model": str(info.get("model")),
         "input_topic": input_topic,
         "output_resolution": params["output_resolution"],
+        **(transport or {}),
     }
     return DiagnosticStatus(level=level, name=f"{node_name}: anomaly segmentation",
                             message=message, hardware_id=f"{info.get('backend')}:{info.get('device')}",

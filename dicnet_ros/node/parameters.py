@@ -11,14 +11,16 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dicnet_ros.image_conversion import DEFAULT_MAX_PIXELS
 from dicnet_ros.inference.base import BACKENDS
 from dicnet_ros.node.errors import ParameterError
-from dicnet_ros.node.qos import QOS_PRESETS
+from dicnet_ros.node.qos import INPUT_QOS_PRESETS, QOS_PRESETS
 from dicnet_ros.visualization import COLORMAPS
 
 if TYPE_CHECKING:
     from rcl_interfaces.msg import ParameterDescriptor
 
+NODE_NAME = "anomaly_node"
 DEFAULT_MODEL_NAME = "dicnet_sim_default.onnx"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -60,9 +62,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               dynamic=True),
     ParamSpec("overlay_alpha", 0.5, "Weight of the colour in ~/overlay (0 = image only, 1 = colour only).",
               range=(0.0, 1.0), dynamic=True),
-    ParamSpec("input_qos", "sensor_data", "Image subscription QoS: sensor_data / best_effort (works with any "
-              "camera) or default / reliable.", choices=QOS_PRESETS),
+    ParamSpec("input_qos", "auto", "Image subscription QoS: auto follows the camera (reliable when every publisher "
+              "is reliable, which carries large frames across processes without any DDS profile; else best effort); "
+              "sensor_data / best_effort; default / reliable.", choices=INPUT_QOS_PRESETS),
     ParamSpec("input_depth", 1, "Image subscription queue depth (1 = newest frame only).", range=(1, 100)),
+    ParamSpec("max_input_pixels", DEFAULT_MAX_PIXELS, "Frames with more pixels are refused before decoding (for "
+              "compressed images the size in the PNG/JPEG header counts: a tiny file can claim a huge image); "
+              "0 = no limit. The default fits 4K.", range=(0, 2**31 - 1)),
+    ParamSpec("no_frame_warn_s", 5.0, "Warn (once per publisher match, and in /diagnostics) when a camera publisher "
+              "is matched but no frame arrived for this long, naming the likely cause; 0 = off.",
+              range=(0.0, 3600.0)),
     ParamSpec("output_qos", "reliable", "Output QoS: reliable / default (serves every subscriber) or sensor_data / "
               "best_effort.", choices=QOS_PRESETS),
     ParamSpec("output_depth", 2, "Output queue depth.", range=(1, 100)),
@@ -116,7 +125,9 @@ def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
     desc = spec.description
     if spec.choices:
         desc += f" One of: {', '.join(spec.choices)}."
-    descriptor = ParameterDescriptor(description=desc, read_only=not spec.dynamic)
+    # doubles take integers too (threshold:=1 means 1.0): rclpy would refuse them by type before our validation runs
+    floating = isinstance(spec.default, float)
+    descriptor = ParameterDescriptor(description=desc, read_only=not spec.dynamic, dynamic_typing=floating)
     if spec.range is not None:
         if isinstance(spec.default, int) and not isinstance(spec.default, bool):
             descriptor.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]))]

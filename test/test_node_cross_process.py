@@ -1,0 +1,200 @@
+"""The node with the camera in ANOTHER process, as on a vehicle: real DDS between processes, real frame sizes.
+
+Same-process tests and small frames hide that Fast DDS defaults lose large best-effort frames between processes
+(README, "Large images"); here the camera (test/fake_camera.py) runs with default middleware settings, the node
+runs as its console entry point (so it applies the shipped large-image profile itself), and this process
+receives the node's masks. Shutdown by SIGINT is checked on the same process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+CAMERA = Path(__file__).with_name("fake_camera.py")
+TOPIC = "/xcam/image_raw"
+NODE_NS = "/xproc/anomaly_node"
+DOMAIN_ID = random.randint(201, 230)
+FASTDDS_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "DICNET_FASTDDS_PROFILE",
+                "FASTDDS_BUILTIN_TRANSPORTS")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a process with default middleware settings on our test domain."""
+    env = {k: v for k, v in os.environ.items() if k not in FASTDDS_VARS}
+    return {**env, "ROS_DOMAIN_ID": str(DOMAIN_ID), "PYTHONUNBUFFERED": "1", **extra}
+
+
+class NodeProcess:
+    """``anomaly_node`` as its own process; its log is collected line by line."""
+
+    def __init__(self, *ros_args: str, env: dict[str, str] | None = None) -> None:
+        code = "import sys; from dicnet_ros.node.cli import main; sys.exit(main())"
+        self.proc = subprocess.Popen([sys.executable, "-c", code, "--ros-args", *ros_args], env=env or clean_env(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return True
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                return any(text in line for line in self.lines)
+            time.sleep(0.05)
+        return False
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self, signals: int = 1, gap: float = 0.05) -> int:
+        for _ in range(signals):
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)
+            time.sleep(gap)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return -9
+
+
+class Listener:
+    """This process: the node's masks (stamp seconds seen) and its /diagnostics."""
+
+    def __init__(self) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        self.node = rclpy.create_node("xproc_listener", context=self.context)
+        self.lock = threading.Lock()
+        self.masks: dict[int, float] = {}  # stamp sec -> wall time of arrival
+        self.diagnostics: dict[str, str] = {}
+        self.node.create_subscription(Image, f"{NODE_NS}/anomaly_mask", self._on_mask,
+                                      QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_mask(self, msg: Any) -> None:
+        with self.lock:
+            self.masks[msg.header.stamp.sec] = time.time()
+
+    def _on_diag(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.name.startswith(NODE_NS):
+                with self.lock:
+                    self.diagnostics = {kv.key: kv.value for kv in status.values}
+                    self.diagnostics["_message"] = status.message
+
+    def answered(self, first: int, count: int) -> dict[int, float]:
+        with self.lock:
+            return {s: t for s, t in self.masks.items() if first <= s < first + count}
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def run_camera(size: str, reliability: str, rate: float, count: int, first: int) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, str(CAMERA), "--topic", TOPIC, "--size", size, "--reliability",
+                           reliability, "--rate", str(rate), "--count", str(count), "--first-stamp", str(first)],
+                          env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def node_and_listener(tiny_onnx: Path) -> Iterator[tuple[NodeProcess, Listener]]:
+    node = NodeProcess("-p", f"model_path:={tiny_onnx}", "-p", "backend:=onnxruntime", "-p", "device:=cpu",
+                       "-p", "num_threads:=1", "-r", "__ns:=/xproc", "-r", f"~/image:={TOPIC}")
+    assert node.wait_for("ready:"), node.log
+    listener = Listener()
+    yield node, listener
+    listener.close()
+    code = node.stop()
+    assert code == 0, node.log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("size", "reliability"), [("1280x720", "reliable"), ("1280x720", "best_effort"),
+                                                    ("1920x1080", "reliable"), ("1920x1080", "best_effort")])
+def test_camera_in_another_process(node_and_listener: tuple, size: str, reliability: str) -> None:
+    """>= 95 % of the frames a default-settings camera publishes after discovery are answered."""
+    node, listener = node_and_listener
+    first = {"1280x720": 10_000, "1920x1080": 20_000}[size] + (0 if reliability == "reliable" else 5_000)
+    count = 25
+    sent = run_camera(size, reliability, rate=4.0, count=count, first=first)
+    assert sent["published"] == count
+    deadline = time.monotonic() + 10
+    while len(listener.answered(first, count)) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    answered = listener.answered(first, count)
+    assert len(answered) >= 0.95 * count, (f"{size} {reliability}: {len(answered)} of {count} answered\n"
+                                           + "\n".join(node.lines[-15:]))
+    expected = "reliable" if reliability == "reliable" else "best_effort"
+    deadline = time.monotonic() + 5
+    while listener.diagnostics.get("input_reliability") != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert listener.diagnostics.get("input_reliability") == expected, listener.diagnostics  # input_qos auto
+    assert listener.diagnostics.get("dds_profile") == "shipped large-image profile"
+
+
+@pytest.mark.slow
+def test_faster_camera_gets_newest_frame_answered(node_and_listener: tuple) -> None:
+    """A camera faster than the node: no backlog, the newest frame is answered soon after it was sent."""
+    _node, listener = node_and_listener
+    first, count = 30_000, 60
+    sent = run_camera("1920x1080", "reliable", rate=30.0, count=count, first=first)
+    deadline = time.monotonic() + 10
+    while sent["last_stamp"] not in listener.answered(first, count) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    answered = listener.answered(first, count)
+    assert sent["last_stamp"] in answered, f"newest frame not answered ({len(answered)} of {count})"
+    assert answered[sent["last_stamp"]] - sent["last_publish_wall"] < 2.0  # no queue of old frames ahead of it
+    assert len(answered) < count, "the node kept up with 30 Hz 1080p: the test does not exercise dropping"
+
+
+def test_sigint_twice_exits_quietly(tiny_onnx: Path) -> None:
+    """ros2 launch forwards a second SIGINT on top of the terminal's: still exit 0, no traceback."""
+    node = NodeProcess("-p", f"model_path:={tiny_onnx}", "-p", "backend:=onnxruntime", "-r", "__ns:=/sigint")
+    assert node.wait_for("ready:"), node.log
+    code = node.stop(signals=2, gap=0.02)
+    assert code == 0 and "Traceback" not in node.log, node.log
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.5])
+def test_sigint_during_start_exits_quietly(tiny_onnx: Path, delay: float) -> None:
+    """Ctrl-C while Python imports rclpy or while the model loads: exit 0, no traceback."""
+    node = NodeProcess("-p", f"model_path:={tiny_onnx}", "-p", "backend:=onnxruntime", "-r", "__ns:=/early")
+    time.sleep(delay)
+    code = node.stop(signals=2, gap=0.02)
+    assert code == 0 and "Traceback" not in node.log, node.log
