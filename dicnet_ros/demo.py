@@ -186,6 +186,7 @@ def run_demo(out_dir: Path, model: str = "", bag: str = "", rate: float = 1.0, b
 
     from dicnet_ros.bag import BagRecorder, bag_dataset_info, play_bag
     from dicnet_ros.node import AnomalyNode, NodeStartupError
+    from dicnet_ros.node.middleware import apply_large_image_profile
 
     bag_path = Path(bag) if bag else package_file(DEMO_BAG)
     if not bag_path.exists():
@@ -199,6 +200,8 @@ def run_demo(out_dir: Path, model: str = "", bag: str = "", rate: float = 1.0, b
     (out_dir / "overlays").mkdir(parents=True)
 
     ns = f"/{NODE_NAME}"
+    # the same DDS settings as `dicnet node`, so other tools on this machine (RViz, ros2 topic) see what a node sees
+    print(f"DDS: {apply_large_image_profile()}")
     rclpy.init()
     try:
         params = [Parameter("model_path", value=model), Parameter("backend", value=backend),

@@ -21,7 +21,7 @@ PROFILE_ENV = "DICNET_FASTDDS_PROFILE"
 FASTDDS_PROFILE_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 FASTDDS_RMWS = ("", "rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp")
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # what the shipped profile asks for
-DISABLED = ("none", "off", "false", "0", "")
+DISABLED = ("none", "off", "false", "0")
 
 
 def shipped_profile() -> Path:
@@ -36,7 +36,7 @@ def apply_large_image_profile(choice: str | None = None, env: MutableMapping[str
     Only for Fast DDS (the default RMW of Humble, Jazzy and Kilted); other RMWs are left alone.
     """
     env = os.environ if env is None else env
-    choice = env.get(PROFILE_ENV) if choice is None else choice
+    choice = (env.get(PROFILE_ENV) if choice is None else choice) or None  # empty = the default
     if choice is not None and choice.strip().lower() in DISABLED:
         return "middleware defaults (large-image profile off)"
     rmw = env.get("RMW_IMPLEMENTATION", "")
