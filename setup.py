@@ -51,7 +51,7 @@ setup(
         "sim": ["pybullet>=3.2"],
         "bag": ["rosbags>=0.10", "matplotlib>=3.7", "pillow>=9"],
         "trt": ["tensorrt>=10.12"],
-        "dev": ["pytest>=7", "ruff>=0.5", "scikit-learn>=1.3"],
+        "dev": ["pytest>=7", "ruff>=0.5", "scikit-learn>=1.3", "colcon-common-extensions>=0.3"],
     },
     zip_safe=True,
     entry_points={
