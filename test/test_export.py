@@ -140,3 +140,64 @@ def test_score_smoothing_exports_with_parity(tmp_path: Path) -> None:
     result = export_onnx(ckpt, tmp_path / "s.onnx", ExportOptions(dynamic=True, check_parity=3))
     assert result.parity["max_rel_error"] <= 1e-4
     assert _metadata(result.onnx_path).model_config["score_smoothing"] == 3
+
+
+def _calibration_folder(folder: Path, count: int = 10) -> Path:
+    """Smooth random 'scenes' (blurred noise): in-distribution enough for a random-weight model."""
+    import cv2
+
+    rng = np.random.default_rng(7)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), (0, 0), 2.0)
+        cv2.imwrite(str(folder / f"{i:03d}.png"), image)
+    return folder
+
+
+def test_int8_export_is_a_qdq_graph_with_its_calibration_in_the_metadata(tiny_checkpoint: Path,
+                                                                         tmp_path: Path) -> None:
+    from dicnet_training.quantize import Int8Options
+
+    calib = _calibration_folder(tmp_path / "calib")
+    out = tmp_path / "tiny_int8.onnx"
+    result = export_onnx(tiny_checkpoint, out, ExportOptions(dynamic=True, check_parity=2, int8=Int8Options(
+        calib, calibration_images=10, sensitivity_images=3, max_score_error=1e-6, max_float_layers=2)))
+    graph = onnx.load(str(out)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert {o.name: o.type.tensor_type.elem_type for o in graph.output}["anomaly_score"] == onnx.TensorProto.FLOAT
+    meta = _metadata(out)
+    q = meta.export["quantization"]
+    assert meta.export["dtype"] == "int8" and q["format"] == "QDQ" and q["method"] == "minmax"
+    assert q["calibration_images"] + q["sensitivity_images"] == 10 and len(q["dataset_sha256"]) == 64
+    # the error budget is unreachable here, so the two most sensitive layers were kept in float, by measurement
+    assert len(q["float_layers"]) == 2 and q["score_error"] <= q["score_error_all_int8"]
+    report = json.loads(out.with_name("tiny_int8.int8_report.json").read_text())
+    errors = [row["score_error"] for row in report["layers"]]
+    assert len(errors) == q["quantized_layers"] + 2 and errors == sorted(errors, reverse=True)
+    assert [r["layer"] for r in report["layers"] if r["kept_float"]] == q["float_layers"]
+    assert out.with_name("tiny_int8.int8_report.md").is_file()
+    model = OrtModel(out, device="cpu")
+    assert model.describe()["precision"] == "int8"
+    image = random_images(1, model_from_checkpoint(tiny_checkpoint)[0], ExportOptions())[0]
+    fp32 = _torch_out(tiny_checkpoint, image)[0]
+    assert np.corrcoef(model.infer(image).anomaly_score.ravel(), fp32.ravel())[0, 1] > 0.9
+    assert result.parity["max_rel_error"] <= result.parity["rtol"]
+
+
+def test_int8_calibration_never_uses_test_images(tmp_path: Path) -> None:
+    from dicnet_training.quantize import QuantizationError, calibration_files
+
+    with pytest.raises(QuantizationError, match="never on the test split"):
+        calibration_files(tmp_path, 4, split="test")
+    with pytest.raises(QuantizationError, match="no images"):
+        calibration_files(tmp_path, 4)
+
+
+def test_int8_cli_needs_calibration_data(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    from dicnet_ros.cli import main as dicnet
+
+    assert dicnet(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx"), "--int8"]) == 2
+    assert "--calibration-data" in capsys.readouterr().out
+    assert not (tmp_path / "m.onnx").exists()

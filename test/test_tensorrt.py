@@ -119,6 +119,8 @@ def test_precision_policy() -> None:
     assert plan_precision("float32", "10.12.0") == ("fp32", True, False)
     assert plan_precision("float32", "10.3.0", fp16_flag=True) == ("fp32+fp16flag", False, True)
     assert plan_precision("float16", "10.3.0") == ("fp16", False, False)
+    assert plan_precision("int8", "11.4.0") == ("int8", True, False)  # Q/DQ nodes carry the precision
+    assert plan_precision("int8", "10.3.0") == ("int8", False, False)  # build_plan adds the INT8 flag there
 
 
 def test_network_flags_with_a_fake_module() -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from dicnet_training.quantize import CALIBRATION_METHODS, Int8Options, QuantizationError, quantize_int8, write_report
 from torch import nn
 
 from dicnet_ros.metadata import METADATA_KEY, ModelMetadata
@@ -40,6 +41,7 @@ SEPARATE_FORMAT = "dicnet-separate/1"
 MIN_OPSET = 17
 FP32_PARITY_RTOL = 1e-4
 FP16_PARITY_RTOL = 5e-2
+INT8_PARITY_RTOL = 0.5  # max |int8 - fp32| / max |fp32| of the score; quality parity is checked on labelled data
 
 
 class ExportError(RuntimeError):
@@ -132,6 +134,7 @@ class ExportOptions:
     opset: int = 18
     check_parity: int = 0
     parity_images: list[Path] = field(default_factory=list)
+    int8: Int8Options | None = None  # INT8 QDQ graph calibrated on in-distribution images (training/quantize.py)
 
 
 @dataclass
@@ -142,6 +145,7 @@ class ExportResult:
     metadata: ModelMetadata
     separate_manifest: Path | None = None
     parity: dict[str, Any] = field(default_factory=dict)
+    int8_report: Path | None = None
 
 
 def _sha256(path: Path) -> str:
@@ -216,6 +220,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
         raise ExportError(f"opset {opts.opset} is too old; use {MIN_OPSET} or newer")
     checkpoint, out = Path(checkpoint), Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if opts.int8 is not None and (opts.fp16 or opts.separate):
+        raise ExportError("--int8 is a precision of the fused graph: combine it with neither --fp16 nor --separate")
     model, metadata, _ = model_from_checkpoint(checkpoint)
     pre = model.preprocess_config
     export_model = copy.deepcopy(model).half() if opts.fp16 else model
@@ -225,8 +231,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
     start = time.perf_counter()
     if opts.labels not in LABEL_MODES:
         raise ExportError(f"labels must be one of {', '.join(LABEL_MODES)}, got {opts.labels!r}")
-    exporter = _onnx_export(FusedGraph(export_model, opts.network_resolution, opts.fp16, opts.labels), (example,), out,
-                            [INPUT_NAME], list(OUTPUT_NAMES), dyn, opts.opset)
+    fp32_out = out.with_name(out.stem + ".fp32_tmp.onnx") if opts.int8 is not None else out
+    exporter = _onnx_export(FusedGraph(export_model, opts.network_resolution, opts.fp16, opts.labels), (example,),
+                            fp32_out, [INPUT_NAME], list(OUTPUT_NAMES), dyn, opts.opset)
     in_size = None if opts.dynamic else list(opts.input_size or (pre.width, pre.height))
     export_info = {
         "form": "fused",
@@ -235,7 +242,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
         "dynamic": opts.dynamic,
         "input_size": in_size,  # (width, height) or None when dynamic
         "network_size": [pre.width, pre.height],
-        "dtype": "float16" if opts.fp16 else "float32",
+        "dtype": "int8" if opts.int8 is not None else ("float16" if opts.fp16 else "float32"),
         "output_resolution": "network" if opts.network_resolution else "input",
         "labels": opts.labels,
         "inputs": {INPUT_NAME: "uint8 (N, H, W, 3) RGB"},
@@ -249,9 +256,19 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
                             "source_checkpoint": str(checkpoint.resolve())})
     if not meta.calibration.get("mu_c"):
         meta.calibration = {**meta.calibration, "mu_c": [float(v) for v in model.mu_c]}
+    report_path = None
+    if opts.int8 is not None:
+        try:
+            report = quantize_int8(fp32_out, out, opts.int8)
+        except QuantizationError as exc:
+            raise ExportError(str(exc)) from None
+        finally:
+            fp32_out.unlink(missing_ok=True)
+        meta.export = {**meta.export, "quantization": report.metadata()}
+        report_path = write_report(report, out)[1]
     _write_metadata(out, meta)
     log.info("exported %s (%s exporter, %.1f s)", out, exporter, time.perf_counter() - start)
-    result = ExportResult(out, meta)
+    result = ExportResult(out, meta, int8_report=report_path)
     if opts.separate:
         result.separate_manifest = export_separate(model, export_model, meta, out, opts)
     if opts.check_parity:
@@ -340,7 +357,7 @@ def check_parity(model: DiCNet, onnx_path: Path, images: list[np.ndarray], opts:
     from dicnet_ros.inference.ort_backend import OrtModel
 
     ort_model = OrtModel(onnx_path, device="cpu")
-    rtol = FP16_PARITY_RTOL if opts.fp16 else FP32_PARITY_RTOL
+    rtol = INT8_PARITY_RTOL if opts.int8 is not None else (FP16_PARITY_RTOL if opts.fp16 else FP32_PARITY_RTOL)
     worst, agreement = 0.0, 1.0
     for image in images:
         with torch.no_grad():
@@ -373,6 +390,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where class ids and the MSP map are taken (the anomaly score never changes): network "
                              "size then resized (default), bilinear = logits upsampled to the output size first "
                              "(exact anomaly-seg protocol, slow at 1280x720), nearest = feature resolution")
+    parser.add_argument("--int8", action="store_true",
+                        help="INT8 QDQ graph (uint8 in, float32 out) for ONNX Runtime on a CPU and TensorRT; needs "
+                             "--calibration-data; which layers stay float is measured (<out>.int8_report.md)")
+    parser.add_argument("--calibration-data", type=Path,
+                        help="in-distribution images for --int8: a folder of images or a dataset root (never test "
+                             "images with anomalies)")
+    parser.add_argument("--calibration-split", default="train", help="split of a dataset root (default train)")
+    parser.add_argument("--calibration-images", type=int, default=64, help="images to calibrate on (default 64)")
+    parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax",
+                        help="activation ranges: minmax (default), entropy or percentile")
+    parser.add_argument("--int8-max-score-error", type=float, default=0.05,
+                        help="relative RMS error of anomaly_score vs FP32 allowed before sensitive layers are kept "
+                             "in float (default 0.05)")
     parser.add_argument("--separate", action="store_true", help="also write teacher / student / score graphs")
     parser.add_argument("--opset", type=int, default=18, help=f"ONNX opset (>= {MIN_OPSET})")
     parser.add_argument("--check-parity", type=int, default=0, metavar="N",
@@ -385,9 +415,17 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("dicnet_training", "dicnet_ros"):  # the exporter's own INFO chatter stays quiet
         logging.getLogger(name).setLevel(logging.INFO)
+    int8 = None
+    if args.int8:
+        if args.calibration_data is None:
+            print("dicnet export: --int8 needs --calibration-data (in-distribution images)")
+            return 2
+        int8 = Int8Options(args.calibration_data, args.calibration_images, args.calibration_method,
+                           args.calibration_split, max_score_error=args.int8_max_score_error)
     opts = ExportOptions(network_resolution=args.network_resolution, dynamic=args.dynamic,
                          input_size=args.input_size, fp16=args.fp16, labels=args.labels, separate=args.separate,
-                         opset=args.opset, check_parity=args.check_parity, parity_images=list(args.parity_images))
+                         opset=args.opset, check_parity=args.check_parity, parity_images=list(args.parity_images),
+                         int8=int8)
     try:
         result = export_onnx(args.checkpoint, args.out, opts)
     except (ExportError, RuntimeError, ValueError) as exc:
@@ -396,6 +434,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.onnx_path}")
     if result.separate_manifest:
         print(f"wrote {result.separate_manifest}")
+    if result.int8_report:
+        q = result.metadata.export["quantization"]
+        print(f"INT8: {q['quantized_layers']} convolutions quantized, {len(q['float_layers'])} kept in float, score "
+              f"error {q['score_error']:.4f} vs FP32 (report {result.int8_report})")
     if result.parity:
         print(f"parity: {json.dumps(result.parity)}")
     return 0

@@ -12,6 +12,7 @@ import numpy as np
 from dicnet_ros.metadata import ModelMetadata
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+PRECISIONS = {"float32": "fp32", "float16": "fp16", "int8": "int8"}  # export dtype -> precision tag
 
 
 class ModelLoadError(RuntimeError):
@@ -80,6 +81,12 @@ class AnomalyModel(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources (GPU memory, sessions)."""
 
+    @property
+    def precision(self) -> str:
+        """What the arithmetic runs in: fp32, fp16 or int8 (from the exported graph's metadata)."""
+        return PRECISIONS.get(str(self.metadata.export.get("dtype", "float32")), "fp32")
+
     def describe(self) -> dict[str, str]:
-        return {"backend": self.backend_name, "device": self.device, "model": str(self.path)}
+        return {"backend": self.backend_name, "device": self.device, "model": str(self.path),
+                "precision": self.precision}
 

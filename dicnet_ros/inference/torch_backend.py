@@ -78,6 +78,13 @@ class TorchModel(AnomalyModel):
         self.network_resolution = net_res if network_resolution is None else network_resolution
         self.labels = export.get("labels", "network")  # where class ids / MSP are taken, as in the ONNX
         log.info("torch: %s on %s%s", checkpoint, device, " (fp16 autocast)" if self.fp16 else "")
+        if export.get("dtype") == "int8":
+            log.warning("%s is an INT8 graph; the torch backend runs its FP32 source checkpoint %s instead (use "
+                        "onnxruntime or tensorrt for INT8)", path, checkpoint)
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.fp16 else "fp32"
 
     def _run(self, image: np.ndarray) -> tuple:
         torch = self.torch

@@ -82,10 +82,11 @@ def version_tuple(version: str) -> tuple[int, ...]:
 def plan_precision(onnx_dtype: str, tensorrt_version: str, fp16_flag: bool = False) -> tuple[str, bool, bool]:
     """(precision tag, strongly typed?, set the FP16 builder flag?) for an ONNX of ``onnx_dtype``.
 
-    TensorRT >= 10.12: strongly typed, precision = the ONNX's. Older 10.x: weakly typed; the FP16 flag is
-    honoured on request and becomes part of the cache key.
+    TensorRT >= 10.12: strongly typed, precision = the ONNX's (an INT8 export carries Q/DQ nodes: explicit
+    quantization). Older 10.x: weakly typed; the FP16 flag is honoured on request and becomes part of the cache
+    key, and an INT8 graph gets the INT8 flag those versions want for Q/DQ networks (see ``build_plan``).
     """
-    precision = "fp16" if onnx_dtype in ("float16", "fp16") else "fp32"
+    precision = {"float16": "fp16", "fp16": "fp16", "int8": "int8"}.get(onnx_dtype, "fp32")
     if version_tuple(tensorrt_version) >= STRONG_TYPING_SINCE:
         if fp16_flag:
             log.warning("TensorRT %s: the FP16 builder flag is deprecated/removed; precision comes from the ONNX "
@@ -133,7 +134,7 @@ def _progress_monitor(trt: Any, label: str) -> Any:
 
 
 def build_plan(trt: Any, onnx_path: Path, input_shapes: dict[str, tuple[int, ...]], strongly_typed: bool,
-               fp16_flag: bool, workspace_mb: int, timing_cache: Path | None) -> bytes:
+               fp16_flag: bool, workspace_mb: int, timing_cache: Path | None, int8_flag: bool = False) -> bytes:
     """Parse the ONNX and build a serialized plan for exactly ``input_shapes`` (min = opt = max)."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -146,6 +147,8 @@ def build_plan(trt: Any, onnx_path: Path, input_shapes: dict[str, tuple[int, ...
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     if fp16_flag:
         config.set_flag(trt.BuilderFlag.FP16)
+    if int8_flag and not strongly_typed:  # a Q/DQ graph on a weakly typed TensorRT 10.x network
+        config.set_flag(trt.BuilderFlag.INT8)
     profile = builder.create_optimization_profile()
     dynamic = False
     for i in range(network.num_inputs):
@@ -264,7 +267,7 @@ class TrtModel(AnomalyModel):
         props = self.torch.cuda.get_device_properties(self.device_index)
         self.gpu_name, self.compute_capability = props.name, f"{props.major}.{props.minor}"
         dtype = metadata.export.get("dtype", "float32")
-        self.precision, self.strongly_typed, self.fp16_flag = plan_precision(dtype, self.trt.__version__, fp16_flag)
+        self._precision, self.strongly_typed, self.fp16_flag = plan_precision(dtype, self.trt.__version__, fp16_flag)
         self.engine_files: list[Path] = []
         self._hashes = {role: sha256_file(p) for role, p in files.graphs.items()}
         self._calls: dict[tuple[int, int], Any] = {}
@@ -288,12 +291,12 @@ class TrtModel(AnomalyModel):
         for role, onnx_path in self.files.graphs.items():
             shapes = self._shapes(role, hw)
             key = EngineKey.create(self.trt.__version__, self.gpu_name, self.compute_capability, self._hashes[role],
-                                   shapes, self.precision)
+                                   shapes, self._precision)
             engine_path = engine_path_for(onnx_path, key, self.cache_dir, "" if role == "fused" else role)
 
             def build(onnx_path: Path = onnx_path, shapes: dict = shapes) -> bytes:
                 return build_plan(self.trt, onnx_path, shapes, self.strongly_typed, self.fp16_flag,
-                                  self.workspace_mb, timing)
+                                  self.workspace_mb, timing, int8_flag=self._precision == "int8")
 
             def deserialize(plan: bytes) -> TrtGraph:
                 return TrtGraph(self.trt, self.torch, self.device_index, plan)
@@ -327,6 +330,11 @@ class TrtModel(AnomalyModel):
     def close(self) -> None:
         self._calls.clear()
 
+    @property
+    def precision(self) -> str:
+        """The engine's precision tag (also in the cache key), e.g. fp32, fp16, int8, fp32+fp16flag."""
+        return self._precision
+
     def describe(self) -> dict[str, str]:
-        return {**super().describe(), "form": self.form, "precision": self.precision, "gpu": self.gpu_name,
+        return {**super().describe(), "form": self.form, "gpu": self.gpu_name,
                 "tensorrt": str(self.trt.__version__), "engines": ",".join(str(p) for p in self.engine_files)}

@@ -100,6 +100,7 @@ def diagnostic_status(stats: NodeStats, model: AnomalyModel, params: dict[str, A
         "enabled": str(enabled),
         "threshold": f"{model.threshold:g}",
         "backend": str(info.get("backend")),
+        "precision": str(info.get("precision")),
         "device": str(info.get("device")),
         "model": str(info.get("model")),
         "input_topic": input_topic,

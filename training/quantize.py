@@ -1,0 +1,288 @@
+"""INT8 export: the fused FP32 graph -> a QDQ INT8 graph calibrated on in-distribution images.
+
+Why QDQ: TensorRT 11 takes precision from the graph (Q/DQ nodes, symmetric INT8) instead of builder flags, and
+ONNX Runtime's CPU kernels run the same QDQ graph, so one file serves the vehicle's GPU and a CPU. Only the
+convolutions are quantized (they are almost all of the arithmetic); preprocessing, the score (Eq. 7, smoothing,
+upsampling) and the baselines stay in float32, so the graph still takes uint8 images and returns float32 maps.
+
+Which convolutions stay in float is measured, not guessed: every convolution is quantized alone and the error
+it causes in the published ``anomaly_score`` (relative RMS against the FP32 graph on held-back calibration
+images) is recorded; the most sensitive ones are kept in float until the fully quantized graph is within the
+error budget. The per-layer table is written next to the model (``<stem>.int8_report.json`` / ``.md``), and the
+calibration (method, images, dataset hash, float layers, measured error) goes into the model metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+INPUT_NAME = "image"
+SCORE_OUTPUT = "anomaly_score"
+
+
+class QuantizationError(RuntimeError):
+    """The INT8 export cannot be done as asked; the message says why."""
+
+
+@dataclass
+class Int8Options:
+    """How to calibrate and how much error the published score may take (mirrors ``dicnet export --int8``)."""
+
+    calibration_data: Path
+    calibration_images: int = 64
+    method: str = "minmax"
+    calibration_split: str = "train"  # used when calibration_data is a dataset root
+    sensitivity_images: int = 8  # held back from calibration, used to measure each layer's error
+    max_score_error: float = 0.05  # relative RMS error of anomaly_score vs FP32 the INT8 graph may have
+    max_float_layers: int = 8
+    percentile: float = 99.999
+
+
+@dataclass
+class LayerSensitivity:
+    node: str  # ONNX node name
+    layer: str  # the PyTorch module it comes from (from the weight name)
+    score_error: float  # relative RMS error of anomaly_score with only this layer in INT8
+    kept_float: bool = False
+
+
+@dataclass
+class Int8Report:
+    """What the INT8 export measured and decided; also stored (without the table) in the model metadata."""
+
+    method: str
+    calibration_images: int
+    sensitivity_images: int
+    dataset: str
+    dataset_sha256: str
+    quantized_layers: int
+    float_layers: list[str]
+    score_error: float  # of the exported INT8 graph, on the sensitivity images
+    score_error_all_int8: float
+    max_score_error: float
+    seconds: float
+    layers: list[LayerSensitivity] = field(default_factory=list)
+
+    def metadata(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("layers")
+        return {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric per channel", **data}
+
+
+# ------------------------------------------------------------------------------------------------ data
+def calibration_files(source: Path, count: int, split: str = "train") -> tuple[list[Path], str]:
+    """``count`` image files spread evenly over ``source`` (a folder of images, or a dataset root's split).
+
+    Never a split with anomalies: a dataset root must name an anomaly-free split (train / val).
+    """
+    source = Path(source)
+    if not source.exists():
+        raise QuantizationError(f"calibration data not found: {source}")
+    if split == "test":
+        raise QuantizationError("calibrate on in-distribution images (train / val), never on the test split")
+    files: list[Path]
+    label = str(source)
+    try:
+        from dicnet_ros.data import open_dataset
+
+        dataset = open_dataset(source, split)
+        files = [Path(item[0] if isinstance(item, (tuple, list)) else item) for item in dataset.items]
+        label = f"{source} ({dataset.kind} {split} split)"
+    except (ValueError, FileNotFoundError, TypeError):
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise QuantizationError(f"no images (png/jpg) under {source}")
+    if count < len(files):
+        picks = np.linspace(0, len(files) - 1, count).round().astype(int)
+        files = [files[i] for i in sorted(set(picks.tolist()))]
+    return files, label
+
+
+def files_sha256(files: Sequence[Path]) -> str:
+    """One hash over the names and bytes of the calibration images: which data calibrated this model."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise QuantizationError(f"{path}: not a readable image")
+    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+class _ImageFeed:
+    """ONNX Runtime calibration reader: one uint8 RGB image per run, at its own size (the graph resizes)."""
+
+    def __init__(self, images: Sequence[np.ndarray]):
+        self._images = list(images)
+        self._iter: Iterator[np.ndarray] = iter(self._images)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        image = next(self._iter, None)
+        return None if image is None else {INPUT_NAME: image[None]}
+
+    def rewind(self) -> None:
+        self._iter = iter(self._images)
+
+
+# ------------------------------------------------------------------------------------------------ graph
+def conv_layers(model_path: Path) -> dict[str, str]:
+    """ONNX Conv node name -> the PyTorch module it was exported from (its weight's name without '.weight')."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    layers = {}
+    for node in graph.node:
+        if node.op_type == "Conv":
+            weight = node.input[1]
+            name = weight[len("model."):] if weight.startswith("model.") else weight
+            layers[node.name] = name.removesuffix(".weight")
+    return layers
+
+
+def _quantize(fp32: Path, out: Path, feed: _ImageFeed | None, method: str, cache: Path,
+              include: Sequence[str] | None, exclude: Sequence[str], percentile: float) -> Path:
+    """One QDQ quantization of the Conv nodes (``include`` = only those, else all but ``exclude``)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if feed is not None:
+        feed.rewind()
+    quantize_static(
+        str(fp32), str(out), feed, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+        per_channel=True, reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        nodes_to_quantize=list(include) if include else None, nodes_to_exclude=list(exclude),
+        calibrate_method=methods[method], calibration_cache_path=str(cache),
+        # symmetric int8 activations and weights: what TensorRT's explicit quantization accepts
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": percentile})
+    return out
+
+
+class _ScoreError:
+    """Relative RMS error of ``anomaly_score`` against the FP32 graph on fixed images."""
+
+    def __init__(self, fp32: Path, images: Sequence[np.ndarray]):
+        self.images = list(images)
+        self.reference = [self._scores(fp32, image) for image in self.images] if self.images else []
+        self._sessions: dict[Path, Any] = {}
+
+    @staticmethod
+    def _session(path: Path) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def _scores(self, path: Path, image: np.ndarray, session: Any = None) -> np.ndarray:
+        session = session or self._session(path)
+        return session.run([SCORE_OUTPUT], {INPUT_NAME: image[None]})[0].astype(np.float64)
+
+    def __call__(self, path: Path) -> float:
+        session = self._session(path)
+        num = den = 0.0
+        for image, ref in zip(self.images, self.reference, strict=True):
+            got = self._scores(path, image, session)
+            num += float(((got - ref) ** 2).sum())
+            den += float((ref ** 2).sum())
+        return float(np.sqrt(num / max(den, 1e-30)))
+
+
+def quantize_int8(fp32_onnx: Path, out: Path, options: Int8Options) -> Int8Report:
+    """FP32 fused ONNX -> INT8 QDQ ONNX at ``out``; returns what was measured and decided (metadata not written)."""
+    import onnx
+
+    start = time.perf_counter()
+    if options.method not in CALIBRATION_METHODS:
+        raise QuantizationError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
+    total = options.calibration_images + options.sensitivity_images
+    files, label = calibration_files(Path(options.calibration_data), total, options.calibration_split)
+    if len(files) < 2:
+        raise QuantizationError(f"need at least 2 calibration images, found {len(files)} in {label}")
+    # every k-th image is held back to measure the error, so calibration and measurement never share an image
+    n_sens = min(options.sensitivity_images, len(files) // 2)
+    step = max(1, len(files) // max(1, n_sens))
+    sens_idx = set(range(0, len(files), step)[:n_sens]) if n_sens else set()
+    calib_files = [f for i, f in enumerate(files) if i not in sens_idx]
+    sens_files = [f for i, f in enumerate(files) if i in sens_idx]
+    log.info("INT8 calibration: %d images from %s (%s), %d held back for the sensitivity analysis",
+             len(calib_files), label, options.method, len(sens_files))
+    feed = _ImageFeed([read_rgb(f) for f in calib_files])
+    error_of = _ScoreError(fp32_onnx, [read_rgb(f) for f in sens_files])
+    layers = conv_layers(fp32_onnx)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dicnet_int8_") as tmp:
+        work = Path(tmp)
+        cache = work / "calibration.json"
+        candidate = work / "candidate.onnx"
+        _quantize(fp32_onnx, candidate, feed, options.method, cache, None, (), options.percentile)  # calibrates
+        all_int8 = error_of(candidate) if error_of.images else 0.0
+        table: list[LayerSensitivity] = []
+        for node, layer in layers.items() if error_of.images else ():  # each layer alone in INT8 (cached ranges)
+            _quantize(fp32_onnx, candidate, None, options.method, cache, [node], (), options.percentile)
+            table.append(LayerSensitivity(node, layer, error_of(candidate)))
+        table.sort(key=lambda row: row.score_error, reverse=True)
+        float_layers: list[str] = []
+        error = all_int8
+        for row in table[: options.max_float_layers]:  # the most sensitive first, until within the budget
+            if error <= options.max_score_error:
+                break
+            float_layers.append(row.node)
+            row.kept_float = True
+            _quantize(fp32_onnx, candidate, None, options.method, cache, None, float_layers, options.percentile)
+            error = error_of(candidate)
+            log.info("kept %s in float: score error %.4f", row.layer, error)
+        _quantize(fp32_onnx, candidate, None, options.method, cache, None, float_layers, options.percentile)
+        model = onnx.load(str(candidate))
+        onnx.save(model, str(out))
+    if error > options.max_score_error:
+        log.warning("INT8 score error %.4f is above the budget %.4f even with %d layers in float", error,
+                    options.max_score_error, len(float_layers))
+    return Int8Report(
+        method=options.method, calibration_images=len(calib_files), sensitivity_images=len(sens_files),
+        dataset=label, dataset_sha256=files_sha256(files), quantized_layers=len(layers) - len(float_layers),
+        float_layers=[layers[n] for n in float_layers], score_error=error, score_error_all_int8=all_int8,
+        max_score_error=options.max_score_error, seconds=time.perf_counter() - start, layers=table)
+
+
+def write_report(report: Int8Report, onnx_path: Path) -> tuple[Path, Path]:
+    """``<stem>.int8_report.json`` (everything) and ``.md`` (the per-layer table) next to the model."""
+    base = onnx_path.with_name(onnx_path.stem)
+    json_path = base.with_name(base.name + ".int8_report.json")
+    md_path = base.with_name(base.name + ".int8_report.md")
+    json_path.write_text(json.dumps(asdict(report), indent=2, default=float) + "\n")
+    lines = [f"# INT8 sensitivity report: `{onnx_path.name}`", "",
+             f"Calibration: {report.method}, {report.calibration_images} images of {report.dataset} "
+             f"(sha256 {report.dataset_sha256[:16]}...); error = relative RMS of `anomaly_score` against FP32 on "
+             f"{report.sensitivity_images} held-back images; budget {report.max_score_error:g}.", "",
+             f"All {report.quantized_layers + len(report.float_layers)} convolutions in INT8: error "
+             f"{report.score_error_all_int8:.4f}. Exported: {len(report.float_layers)} kept in float, error "
+             f"{report.score_error:.4f}.", ""]
+    if report.layers:
+        lines += ["| layer (PyTorch module) | ONNX node | score error with only this layer in INT8 | kept float |",
+                  "|---|---|---|---|"]
+        lines += [f"| `{r.layer}` | {r.node} | {r.score_error:.4f} | {'yes' if r.kept_float else ''} |"
+                  for r in report.layers]
+    md_path.write_text("\n".join(lines) + "\n")
+    return json_path, md_path
