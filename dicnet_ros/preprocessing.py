@@ -80,12 +80,16 @@ def preprocess(images, config: PreprocessConfig):
 
     if images.dim() != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected images shaped (N, H, W, 3), got {tuple(images.shape)}")
-    x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    # resize the 0..255 values first, then scale and normalise in one multiply-add at the (smaller) network
+    # size: the same numbers as (x / 255 - mean) / std, since bilinear resizing is linear, with two fewer passes
+    # over the camera-sized image in the exported graph
+    x = images.permute(0, 3, 1, 2).to(torch.float32)
     if tuple(x.shape[-2:]) != (config.height, config.width):
         x = F.interpolate(x, size=(config.height, config.width), mode="bilinear", align_corners=False)
-    mean = torch.tensor(config.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(config.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    scale = torch.tensor([1.0 / (255.0 * s) for s in config.std], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(config.mean, config.std, strict=True)], dtype=x.dtype,
+                         device=x.device).view(1, 3, 1, 1)
+    x = x * scale + shift
     pad_h, pad_w = config.padded_size[0] - config.height, config.padded_size[1] - config.width
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h))

@@ -170,6 +170,7 @@ def test_int8_export_is_a_qdq_graph_with_its_calibration_in_the_metadata(tiny_ch
     meta = _metadata(out)
     q = meta.export["quantization"]
     assert meta.export["dtype"] == "int8" and q["format"] == "QDQ" and q["method"] == "minmax"
+    assert q["target"] == "cpu" and q["activations"] == "uint8 asymmetric"
     assert q["calibration_images"] + q["sensitivity_images"] == 10 and len(q["dataset_sha256"]) == 64
     # the error budget is unreachable here, so the two most sensitive layers were kept in float, by measurement
     assert len(q["float_layers"]) == 2 and q["score_error"] <= q["score_error_all_int8"]

@@ -153,3 +153,17 @@ def test_tensorrt_without_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="11.4.0"))
     with pytest.raises(BackendUnavailableError, match="NVIDIA GPU"):
         TrtModel(tiny_onnx)
+
+
+def test_cpu_int8_graph_is_refused_before_any_build() -> None:
+    """A uint8-activation INT8 export (the CPU target) gets one line naming the export that TensorRT takes."""
+    from dicnet_ros.inference.base import ModelLoadError
+    from dicnet_ros.inference.trt_backend import check_tensorrt_quantization
+    from dicnet_ros.metadata import ModelMetadata
+
+    base = {"class_names": ["a", "b"], "preprocess": {"height": 64, "width": 96}}
+    cpu = ModelMetadata(**base, export={"dtype": "int8", "quantization": {"activations": "uint8 asymmetric"}})
+    with pytest.raises(ModelLoadError, match="--int8-target tensorrt"):
+        check_tensorrt_quantization(cpu, Path("m.onnx"))
+    for ok in ({"dtype": "int8", "quantization": {"activations": "int8 symmetric"}}, {"dtype": "float32"}):
+        check_tensorrt_quantization(ModelMetadata(**base, export=ok), Path("m.onnx"))

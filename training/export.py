@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from dicnet_training.quantize import CALIBRATION_METHODS, Int8Options, QuantizationError, quantize_int8, write_report
+from dicnet_training.quantize import (
+    CALIBRATION_METHODS,
+    INT8_TARGETS,
+    Int8Options,
+    QuantizationError,
+    quantize_int8,
+    write_report,
+)
 from torch import nn
 
 from dicnet_ros.metadata import METADATA_KEY, ModelMetadata
@@ -400,6 +407,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-images", type=int, default=64, help="images to calibrate on (default 64)")
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax",
                         help="activation ranges: minmax (default), entropy or percentile")
+    parser.add_argument("--int8-target", choices=INT8_TARGETS, default="cpu",
+                        help="cpu (default): uint8 activations, fastest in ONNX Runtime on a CPU; tensorrt: symmetric "
+                             "int8 activations, what TensorRT's explicit quantization accepts")
     parser.add_argument("--int8-max-score-error", type=float, default=0.05,
                         help="relative RMS error of anomaly_score vs FP32 allowed before sensitive layers are kept "
                              "in float (default 0.05)")
@@ -421,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
             print("dicnet export: --int8 needs --calibration-data (in-distribution images)")
             return 2
         int8 = Int8Options(args.calibration_data, args.calibration_images, args.calibration_method,
-                           args.calibration_split, max_score_error=args.int8_max_score_error)
+                           args.int8_target, args.calibration_split, max_score_error=args.int8_max_score_error)
     opts = ExportOptions(network_resolution=args.network_resolution, dynamic=args.dynamic,
                          input_size=args.input_size, fp16=args.fp16, labels=args.labels, separate=args.separate,
                          opset=args.opset, check_parity=args.check_parity, parity_images=list(args.parity_images),

@@ -240,6 +240,15 @@ class TrtGraph:
         return {name: t.numpy() for name, t in host_out.items()}
 
 
+def check_tensorrt_quantization(metadata: ModelMetadata, path: Path) -> None:
+    """TensorRT's explicit quantization takes symmetric int8 Q/DQ only (zero point 0); say so before building."""
+    quantization = metadata.export.get("quantization") or {}
+    if metadata.export.get("dtype") == "int8" and str(quantization.get("activations", "")).startswith("uint8"):
+        raise ModelLoadError(f"{path}: this INT8 graph was calibrated for ONNX Runtime on a CPU (asymmetric uint8 "
+                             "activations), which TensorRT's explicit quantization does not accept; export it with "
+                             "`dicnet export --int8 --int8-target tensorrt`, or run it with onnxruntime")
+
+
 class TrtModel(AnomalyModel):
     """DiCNet on TensorRT. Options: cache_dir (default: next to the ONNX), force_rebuild, input_size
     ((width, height) for dynamic-size ONNX; default the network size), workspace_mb, fp16_flag (TensorRT < 10.12)."""
@@ -267,6 +276,7 @@ class TrtModel(AnomalyModel):
         props = self.torch.cuda.get_device_properties(self.device_index)
         self.gpu_name, self.compute_capability = props.name, f"{props.major}.{props.minor}"
         dtype = metadata.export.get("dtype", "float32")
+        check_tensorrt_quantization(metadata, files.path)
         self._precision, self.strongly_typed, self.fp16_flag = plan_precision(dtype, self.trt.__version__, fp16_flag)
         self.engine_files: list[Path] = []
         self._hashes = {role: sha256_file(p) for role, p in files.graphs.items()}
