@@ -30,7 +30,29 @@ def test_bench_writes_json(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest
             assert row["speedup_vs_reference"] > 0
     if "tensorrt" not in {r["backend"] for r in report["results"]}:
         assert "tensorrt" in report["skipped"]
+    assert ("onnxruntime-fp16", "96x64") in rows  # FP16 is measured next to the reference in the same run
+    assert "--calibration-data" in report["skipped"]["onnxruntime-int8"]
     assert "reference" in capsys.readouterr().out
+
+
+def test_bench_int8_row(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import cv2
+
+    from dicnet_ros.cli import main
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        cv2.imwrite(str(calib / f"{i}.png"), cv2.GaussianBlur(rng.integers(0, 256, (64, 96, 3), np.uint8), (0, 0), 2))
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--checkpoint", str(tiny_checkpoint), "--resolutions", "96x64", "--dynamic",
+                 "--backends", "reference,onnxruntime-nearest,onnxruntime-int8", "--calibration-data", str(calib),
+                 "--calibration-images", "6", "--warmup", "1", "--iterations", "2", "--threads", "1",
+                 "--workdir", str(tmp_path / "work"), "--json", str(out)]) == 0
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"reference", "onnxruntime-nearest", "onnxruntime-int8"}
+    assert "int8" in rows["onnxruntime-int8"]["label"] and rows["onnxruntime-int8"]["speedup_vs_reference"] > 0
 
 
 def test_infer_cli(tiny_onnx: Path, tmp_path: Path) -> None:

@@ -32,8 +32,13 @@ DEFAULT_RESOLUTIONS = ((640, 360), (1280, 720))
 # onnxruntime = the default export (class ids / MSP at the network size, see DiCNet.outputs); -exact = logits
 # upsampled to the image before the arg-max, like the reference; -nearest = ids at the feature resolution.
 ORT_LABEL_MODES = {"onnxruntime": "network", "onnxruntime-exact": "bilinear", "onnxruntime-nearest": "nearest"}
-BENCH_BACKENDS = ("reference", "torch", *ORT_LABEL_MODES, "tensorrt")
-DEFAULT_BACKENDS = ("reference", "torch", "onnxruntime", "onnxruntime-exact", "tensorrt")
+# precision variants: (export dtype, label mode); INT8 rows use the shipped INT8 model's label mode (feature
+# resolution), so compare them with onnxruntime-nearest for the effect of the precision alone
+PRECISION_BACKENDS = {"onnxruntime-fp16": ("float16", "network"), "onnxruntime-int8": ("int8", "nearest"),
+                      "tensorrt-fp16": ("float16", "network"), "tensorrt-int8": ("int8", "nearest")}
+BENCH_BACKENDS = ("reference", "torch", *ORT_LABEL_MODES, "tensorrt", *PRECISION_BACKENDS)
+DEFAULT_BACKENDS = ("reference", "torch", "onnxruntime", "onnxruntime-exact", "onnxruntime-nearest",
+                    "onnxruntime-fp16", "onnxruntime-int8", "tensorrt", "tensorrt-fp16", "tensorrt-int8")
 
 
 # -------------------------------------------------------------------------------------------- environment
@@ -140,15 +145,32 @@ def _prepare_checkpoint(args: argparse.Namespace, workdir: Path) -> Path:
 
 
 def _export(checkpoint: Path, workdir: Path, size: tuple[int, int], dynamic: bool, fp16: bool = False,
-            labels: str = "network") -> Path:
+            labels: str = "network", int8: Any = None) -> Path:
+    """The export a bench row runs (cached in the work folder); ``int8``: Int8Options for an INT8 graph."""
     from dicnet_training.export import ExportOptions, export_onnx
 
     tag = "dynamic" if dynamic else f"{size[0]}x{size[1]}"
-    out = workdir / f"model_{tag}{'_fp16' if fp16 else ''}_{labels}.onnx"
+    precision = f"_int8{int8.target}" if int8 is not None else ("_fp16" if fp16 else "")
+    out = workdir / f"model_{tag}{precision}_{labels}.onnx"
     if not out.exists():
         export_onnx(checkpoint, out, ExportOptions(dynamic=dynamic, input_size=None if dynamic else size, fp16=fp16,
-                                                   labels=labels))
+                                                   labels=labels, int8=int8))
     return out
+
+
+def _precision_export(args: argparse.Namespace, backend: str, checkpoint: Path, workdir: Path,
+                      size: tuple[int, int]) -> Path:
+    """FP16 or INT8 export for a precision row; INT8 needs --calibration-data (in-distribution images)."""
+    dtype, labels = PRECISION_BACKENDS[backend]
+    int8 = None
+    if dtype == "int8":
+        if not args.calibration_data:
+            raise ValueError("INT8 rows need --calibration-data (in-distribution images to calibrate on)")
+        from dicnet_training.quantize import Int8Options
+
+        int8 = Int8Options(Path(args.calibration_data), args.calibration_images,
+                           target="tensorrt" if backend.startswith("tensorrt") else "cpu")
+    return _export(checkpoint, workdir, size, args.dynamic, fp16=dtype == "float16", labels=labels, int8=int8)
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,6 +214,19 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     m = load_model(checkpoint, "torch", args.device, threads=threads)
                     calls[backend] = lambda m=m, image=image: m.infer(image)
                     labels[backend] = "torch eager (fused forward)"
+                elif backend in PRECISION_BACKENDS:
+                    runtime = "tensorrt" if backend.startswith("tensorrt") else "onnxruntime"
+                    if runtime == "tensorrt":
+                        ok, why = tensorrt_status()
+                        if not ok:
+                            raise BackendUnavailableError(why)
+                    onnx_path = _precision_export(args, backend, checkpoint, workdir, (width, height))
+                    options = ({"input_size": (width, height), "cache_dir": str(workdir / "engines")}
+                               if runtime == "tensorrt" else {"threads": threads})
+                    m = load_model(onnx_path, runtime, "cuda" if runtime == "tensorrt" else args.device, **options)
+                    calls[backend] = lambda m=m, image=image: m.infer(image)
+                    precision = m.describe()["precision"]
+                    labels[backend] = f"{runtime} fused {precision} (ids: {PRECISION_BACKENDS[backend][1]})"
                 elif backend.startswith("onnxruntime"):
                     mode = ORT_LABEL_MODES[backend]
                     onnx_path = _export(checkpoint, workdir, (width, height), args.dynamic, labels=mode)
@@ -208,7 +243,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                                    cache_dir=str(workdir / "engines"))
                     calls[backend] = lambda m=m, image=image: m.infer(image)
                     labels[backend] = f"tensorrt ({m.describe()['precision']})"
-            except (BackendUnavailableError, ImportError) as exc:
+            except (BackendUnavailableError, ImportError, ValueError) as exc:
                 report["skipped"][backend] = str(exc).splitlines()[0]
                 log.info("skipping %s: %s", backend, exc)
         stats = time_round_robin(calls, args.warmup, args.iterations)
@@ -262,7 +297,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--dynamic", action="store_true", help="benchmark a dynamic-size export instead of fixed ones")
-    parser.add_argument("--trt-fp16", action="store_true", help="TensorRT from an --fp16 export")
+    parser.add_argument("--trt-fp16", action="store_true", help="the plain tensorrt row from an --fp16 export")
+    parser.add_argument("--calibration-data", type=Path, default=None,
+                        help="in-distribution images (folder or dataset root) for the INT8 rows; without it they "
+                             "are skipped")
+    parser.add_argument("--calibration-images", type=int, default=32, help="images to calibrate INT8 on")
     parser.add_argument("--workdir", type=Path, default=None, help="where exports/engines go (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON")
 
