@@ -50,13 +50,13 @@ bench: $(VENV)/.full
 # The shipped model's recipe (training/configs/sim.yaml, models/README.md), into runs/sim.
 SIM_DATA ?= /tmp/simdata
 sim-data: $(VENV)/.full
-	$(DICNET) sim --out $(SIM_DATA) --splits train,val --counts 1600,150 --size 384x216 --seed 0
+	$(DICNET) sim --out $(SIM_DATA) --splits train,val --counts 1600,150 --size 384x216 --seed 0 --outlier-proxies 0.5
 	$(DICNET) sim --out $(SIM_DATA)_test --split test --count 500 --size 384x216 --seed 0
 
 train-sim: $(VENV)/.full
 	$(DICNET) train-teacher --config sim --override data.root=$(SIM_DATA) --out runs/sim/teacher
 	$(DICNET) distill --config sim --override data.root=$(SIM_DATA) --teacher runs/sim/teacher/best.pt --out runs/sim/student
-	$(DICNET) calibrate --checkpoint runs/sim/student/best.pt --out runs/sim/dicnet_sim.pt --score-smoothing 3
+	$(DICNET) calibrate --checkpoint runs/sim/student/best.pt --out runs/sim/dicnet_sim.pt
 	$(DICNET) evaluate --checkpoint runs/sim/dicnet_sim.pt --override data.root=$(SIM_DATA)_test --out runs/sim/eval --minmax
 	$(DICNET) export --checkpoint runs/sim/dicnet_sim.pt --out runs/sim/dicnet_sim.onnx --dynamic --check-parity 4
 

@@ -422,3 +422,11 @@ def test_reading_needs_no_torch(sh_root: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "13"
+
+
+def test_outlier_proxy_ids_in_the_spec() -> None:
+    spec = DatasetSpec.from_dict({"classes": ["a", "b"], "anomaly_ids": [2], "outlier_proxy_ids": [3]})
+    assert spec.valid_ids() == (0, 1, 2, 3) and spec.decode_lut()[4] == 3  # raw 4 = id 3 (offset 1)
+    assert DatasetSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="outlier proxy id 2"):
+        DatasetSpec.from_dict({"classes": ["a", "b"], "anomaly_ids": [2], "outlier_proxy_ids": [2]})

@@ -154,3 +154,30 @@ def test_streethazards_loader_reads_sim_output(sim_root: Path) -> None:
     assert s.image.shape == (SIZE[1], SIZE[0], 3) and s.label.shape == (SIZE[1], SIZE[0])
     assert (s.label == SIM_ANOMALY_ID).any()
     assert train[0].label.max() < SIM_ANOMALY_ID
+
+
+def test_outlier_proxies_only_in_chosen_training_images(sim_root: Path, tmp_path: Path) -> None:
+    """--outlier-proxies: some train images get proxies (own label id, in dataset.yaml); the others, and every
+    image of other splits, are byte for byte what the generator writes without them."""
+    from dicnet_ros.data import open_dataset
+    from dicnet_ros.data.sim.classes import LABEL_OFFSET, SIM_PROXY_ID
+    from dicnet_ros.data.sim.objects import ANOMALY_FAMILIES, OUTLIER_PROXIES
+
+    assert {m.family for m in OUTLIER_PROXIES} == {"proxy"}
+    assert not {m.urdf for m in OUTLIER_PROXIES} & {m.urdf for m in parse_anomaly_set("all")}
+    assert "proxy" not in ANOMALY_FAMILIES
+    out = tmp_path / "proxies"
+    rep = generate_split(out, "train", 6, seed=7, size=SIZE, workers=1, progress=False, outlier_proxies=0.5)
+    with_proxies = [r for r in rep.images if "outlier_proxy_pixels" in r]
+    assert 0 < len(with_proxies) < 6 and any(r["outlier_proxy_pixels"] > 0 for r in with_proxies)
+    img_dir, ann_dir = (out / d for d in SPLIT_DIRS["train"])
+    ref_img, _ = _pngs(sim_root, "train")
+    for r in rep.images:
+        label = np.asarray(Image.open(ann_dir / r["file"])) - LABEL_OFFSET
+        assert int((label == SIM_PROXY_ID).sum()) == r.get("outlier_proxy_pixels", 0)
+        if "outlier_proxy_pixels" not in r and r["index"] < len(ref_img):
+            assert (img_dir / r["file"]).read_bytes() == ref_img[r["index"]].read_bytes()
+    spec = open_dataset(out, "train").spec
+    assert spec.outlier_proxy_ids == (SIM_PROXY_ID,) and SIM_PROXY_ID not in spec.anomaly_ids
+    with pytest.raises(ValueError, match="fraction"):
+        generate_split(out, "train", 1, seed=7, size=SIZE, workers=1, progress=False, outlier_proxies=1.5)

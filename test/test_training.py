@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from dicnet_training.config import ConfigError, load_config
@@ -22,7 +23,7 @@ def sim_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A handful of simulated 128x72 images (train/val without anomalies, test with)."""
     root = tmp_path_factory.mktemp("ci_sim")
     assert dicnet(["sim", "--out", str(root), "--splits", "train,val,test", "--counts", "8,4,4", "--size", "128x72",
-                   "--seed", "3", "--workers", "1", "--no-progress"]) == 0
+                   "--seed", "3", "--workers", "1", "--outlier-proxies", "0.5", "--no-progress"]) == 0
     return root
 
 
@@ -86,6 +87,36 @@ def test_full_chain(sim_root: Path, tmp_path: Path) -> None:
         methods["dicnet_code"]["per_image"]["auroc"])
     assert math.isfinite(report["segmentation"]["miou"]) and report["speed"]["images_per_second"] > 0
     assert "per-image" in (report_dir / "report.md").read_text()
+    _check_maxlogit_fusion(student_dir / "best.pt", tmp_path)
+
+
+def _check_maxlogit_fusion(pair: Path, tmp_path: Path) -> None:
+    """--score-fusion maxlogit: norms from in-distribution pixels, the published score is the standardised sum
+    everywhere (torch forward, ONNX), and the threshold is calibrated on that score."""
+    from dicnet_training.export import ExportOptions, export_onnx
+
+    from dicnet_ros.inference.ort_backend import OrtModel
+    from dicnet_ros.model.scoring import baseline_score
+
+    fused = tmp_path / "fused.pt"
+    assert dicnet(["calibrate", "--checkpoint", str(pair), "--out", str(fused), "--score-fusion", "maxlogit",
+                   "--no-progress", "--device", "cpu"]) == 0
+    model, meta, _ = model_from_checkpoint(fused)
+    m_d, s_d, m_l, s_l = meta.calibration["fusion_norm"]
+    assert model.config.score_fusion == "maxlogit" and s_d > 0 and s_l > 0
+    assert torch.allclose(model.fusion_norm, torch.tensor([m_d, s_d, m_l, s_l]))
+    image = torch.randint(0, 256, (1, 72, 128, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        t, s = model.features(image)
+        raw = model.score_features(t.feature, s, fusion="none")
+        expected = (raw - m_d) / s_d + (baseline_score(t.logits, "maxlogit") - m_l) / s_l
+        assert torch.allclose(model.score_features(t.feature, s, logits=t.logits), expected, atol=1e-5)
+        published = model(image, network_resolution=True).anomaly_score
+    onnx_path = export_onnx(fused, tmp_path / "fused.onnx", ExportOptions(network_resolution=True)).onnx_path
+    ort_score = OrtModel(onnx_path, device="cpu").infer(image[0].numpy()).anomaly_score
+    assert np.allclose(ort_score, published[0].numpy(), atol=1e-4)
+    stats = meta.calibration["score_stats"]  # of the fused score: standardised, so it is centred near 0
+    assert stats["p50"] <= meta.threshold <= stats["max"] and abs(stats["mean"]) < 0.5
 
 
 @pytest.mark.parametrize("stage", ["teacher", "student"])

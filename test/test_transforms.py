@@ -125,3 +125,17 @@ def test_invalid_arguments() -> None:
         TrainAugment((8, 8))(image, label[:4], np.random.default_rng(0))
     with pytest.raises(ValueError, match="uint8"):
         resize_pair(image.astype(np.float32), label, (4, 4))
+
+
+def test_pasted_outlier_shapes_are_masked_and_seeded() -> None:
+    from dicnet_ros.data.transforms import paste_outlier_shapes
+
+    batch = np.full((4, 72, 128, 3), 100, np.uint8)
+    first = batch.copy()
+    mask = paste_outlier_shapes(first, np.random.default_rng(5), probability=1.0)
+    assert mask.shape == (4, 72, 128) and mask.any(axis=(1, 2)).all()
+    assert (first[~mask] == 100).all() and (first[mask] != 100).any()  # only the masked pixels changed
+    again = batch.copy()
+    np.testing.assert_array_equal(paste_outlier_shapes(again, np.random.default_rng(5), 1.0), mask)
+    np.testing.assert_array_equal(again, first)  # same seed, same pastes (resumable training)
+    assert not paste_outlier_shapes(batch.copy(), np.random.default_rng(5), 0.0).any()

@@ -20,7 +20,7 @@ from dicnet_training.engine import progress
 
 from dicnet_ros.model.checkpoint import checkpoint_metadata, load_checkpoint, model_from_checkpoint, save_checkpoint
 from dicnet_ros.model.dicnet import DiCNet, ModelConfig
-from dicnet_ros.model.scoring import SCORING_MODES, discrepancy_channel_sum
+from dicnet_ros.model.scoring import SCORE_FUSIONS, SCORING_MODES, baseline_score, discrepancy_channel_sum
 from dicnet_ros.preprocessing import restore_size
 
 log = logging.getLogger("dicnet_training")
@@ -56,6 +56,28 @@ def score_statistics(scores: np.ndarray, target_fpr: float) -> dict[str, float]:
 
 
 @torch.no_grad()
+def estimate_fusion_norm(model: DiCNet, loader: Any, device: torch.device, show: bool = False) -> torch.Tensor:
+    """(mean, std) of the discrepancy score and of MaxLogit over every feature cell of in-distribution images:
+    what the MaxLogit fusion standardises both with (no anomaly labels involved)."""
+    sums = torch.zeros(2, 2, dtype=torch.float64)  # [discrepancy, maxlogit] x [sum, sum of squares]
+    count = 0
+    for groups in progress(loader, show, desc="fusion"):
+        for images, _, _ in groups:
+            x = model.network_input(images.to(device))
+            out = model.teacher(x)
+            score = model.score_features(out.feature.float(), model.student(x).float(), fusion="none")
+            maxlogit = baseline_score(out.logits.float(), "maxlogit")
+            for row, values in enumerate((score, maxlogit)):
+                v = values.double().cpu()
+                sums[row, 0] += v.sum()
+                sums[row, 1] += v.pow(2).sum()
+            count += score.numel()
+    mean = sums[:, 0] / max(count, 1)
+    std = (sums[:, 1] / max(count, 1) - mean.pow(2)).clamp_min(1e-12).sqrt()
+    return torch.stack([mean[0], std[0], mean[1], std[1]]).float()
+
+
+@torch.no_grad()
 def collect_normal_scores(model: DiCNet, loader: Any, device: torch.device, anomaly_ids: tuple[int, ...],
                           ignore_id: int, max_pixels: int, show: bool = False) -> dict[str, np.ndarray]:
     """Scores of normal labelled pixels at label resolution, for both scoring modes (one forward per image)."""
@@ -67,11 +89,12 @@ def collect_normal_scores(model: DiCNet, loader: Any, device: torch.device, anom
     for groups in progress(loader, show, desc="scores"):
         for images, labels, _ in groups:
             x = model.network_input(images.to(device))
-            t = model.teacher(x).feature.float()
+            teacher_out = model.teacher(x)
+            t, logits = teacher_out.feature.float(), teacher_out.logits.float()
             s = model.student(x).float()
             size = tuple(labels.shape[-2:])
-            maps = {m: restore_size(model.score_features(t, s, m), model.preprocess_config, size)[:, 0].cpu()
-                    .numpy() for m in SCORING_MODES}
+            maps = {m: restore_size(model.score_features(t, s, m, logits), model.preprocess_config, size)[:, 0]
+                    .cpu().numpy() for m in SCORING_MODES}
             lab = labels.numpy()
             normal = (lab != ignore_id) & ~np.isin(lab, anomaly_ids)
             for i in range(lab.shape[0]):
@@ -88,7 +111,7 @@ def collect_normal_scores(model: DiCNet, loader: Any, device: torch.device, anom
 def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path | None = None,
               split: str | None = None, mu_split: str | None = None, target_fpr: float | None = None,
               scoring_mode: str | None = None, device: str | None = None, show_progress: bool = True,
-              score_smoothing: int | None = None) -> Path:
+              score_smoothing: int | None = None, score_fusion: str | None = None) -> Path:
     """Estimate mu_c and score statistics, set the threshold, and write the calibrated checkpoint atomically."""
     cal = dict(cfg.get("calibration") or {})
     target_fpr = float(target_fpr if target_fpr is not None else cal.get("target_fpr", 0.01))
@@ -105,6 +128,10 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
         model.config.scoring_mode = scoring_mode
     if score_smoothing is not None:
         model.config = ModelConfig.from_dict({**model.config.to_dict(), "score_smoothing": int(score_smoothing)})
+    if score_fusion is not None:
+        if score_fusion not in SCORE_FUSIONS:
+            raise ValueError(f"score fusion must be one of {SCORE_FUSIONS}")
+        model.config = ModelConfig.from_dict({**model.config.to_dict(), "score_fusion": score_fusion})
     model.to(ctx.device)
     workers = int((cfg.get("eval") or {}).get("workers", 0))
     batch = int((cfg.get("eval") or {}).get("batch_size", 2))
@@ -119,6 +146,13 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
              float(model.mu_c.mean()), float(model.mu_c.abs().mean()), float(model.mu_c.abs().max()))
     cal_ds = tdata.open_split(cfg_split, "_cal")
     spec = cal_ds.spec
+    fusion_norm = None
+    if model.config.score_fusion != "none":
+        model.fusion_norm.copy_(estimate_fusion_norm(model, tdata.eval_loader(cal_ds, batch, workers, ctx), ctx.device,
+                                                     show_progress))
+        fusion_norm = [float(v) for v in model.fusion_norm.tolist()]
+        log.info("fusion with MaxLogit: discrepancy mean %.5f std %.5f, MaxLogit mean %.5f std %.5f on %s",
+                 *fusion_norm, split)
     scores = collect_normal_scores(model, tdata.eval_loader(cal_ds, batch, workers, ctx), ctx.device,
                                    tuple(spec.anomaly_ids), spec.ignore_id, int(cal.get("max_pixels", 20_000_000)),
                                    show_progress)
@@ -138,6 +172,7 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
         "mu_c": [float(v) for v in model.mu_c.tolist()],
         "mu_split": mu_split,
         "mu_images": len(mu_ds),
+        **({"fusion_norm": fusion_norm, "fusion": model.config.score_fusion} if fusion_norm else {}),
         "split": split,
         "num_images": len(cal_ds),
         "target_fpr": target_fpr,

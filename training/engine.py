@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from dicnet_training import checkpointing as ckpt
 from dicnet_training import data as tdata
 from dicnet_training import distributed as tdist
+from dicnet_training.losses import OutlierExposure, distillation_loss
 from torch import nn
 
+from dicnet_ros.data.transforms import paste_outlier_shapes
 from dicnet_ros.model.checkpoint import model_from_checkpoint
 from dicnet_ros.model.dicnet import DiCNet, build_dicnet
 from dicnet_ros.preprocessing import preprocess, restore_size
@@ -263,6 +265,8 @@ def train_teacher(cfg: dict[str, Any], run_dir: Path, resume: bool = False, show
         start_epoch, step, best, best_epoch, history = _restore_train_state(data, optimizer, scheduler, scaler)
         log.info("resumed from %s after epoch %d (step %d, best mIoU %.4f)", path, start_epoch, step, best)
     criterion = nn.CrossEntropyLoss(ignore_index=int(spec.ignore_id))
+    # outlier proxies (training images of the simulator) belong to no class: the teacher ignores them
+    proxy_ids = torch.tensor(spec.outlier_proxy_ids, device=ctx.device) if spec.outlier_proxy_ids else None
     aux_weight = float(tc.get("aux_weight") or 0.0)
     tb = TensorBoard(run_dir, ctx.is_main)
     log.info("teacher: %d epochs x %d steps, batch %d x %d ranks, network %dx%d, %d train / %d val images",
@@ -279,6 +283,8 @@ def train_teacher(cfg: dict[str, Any], run_dir: Path, resume: bool = False, show
         for images, labels in progress(loader, show_progress and ctx.is_main, desc=f"teacher {epoch + 1}/{epochs}"):
             images = images.to(ctx.device, non_blocking=True)
             labels = labels.to(ctx.device, non_blocking=True).long()
+            if proxy_ids is not None:
+                labels = labels.masked_fill(torch.isin(labels, proxy_ids), int(spec.ignore_id))
             x = preprocess(images, model.preprocess_config)
             with autocast(ctx.device, use_amp):
                 out = net(x)
@@ -405,7 +411,7 @@ def validate_student(model: DiCNet, student: nn.Module, loader: Any, ctx: tdist.
             sums[0] += F.mse_loss(sf, tf, reduction="sum").double()
             sums[1] += tf.numel()
             if evaluator is not None and bool(torch.isin(labels, torch.tensor(anomaly_ids)).any()):
-                score = restore_size(model.score_features(tf, sf, "code"), model.preprocess_config,
+                score = restore_size(model.score_features(tf, sf, "code", fusion="none"), model.preprocess_config,
                                      tuple(labels.shape[-2:]))[:, 0]
                 for s, lab in zip(score.cpu().numpy(), labels.numpy(), strict=True):
                     evaluator.update(s, lab)
@@ -450,6 +456,11 @@ def distill(cfg: dict[str, Any], teacher_path: str | Path, run_dir: Path, resume
     val_loader = tdata.eval_loader(val_ds, int(sc.get("val_batch_size", sc["batch_size"])),
                                    int(sc.get("workers", 0)), ctx)
     epochs = int(sc["epochs"])
+    exposure = OutlierExposure.from_config(sc.get("outlier_exposure"))
+    if exposure.enabled:
+        log.info("outlier exposure: weight %g, margin %g, %s proxies, pasted shapes in %.0f %% of images",
+                 exposure.weight, exposure.margin, "dataset" if spec.outlier_proxy_ids else "no dataset",
+                 100 * exposure.paste_probability)
     optimizer = torch.optim.Adam(net.parameters(), lr=float(sc["lr"]), betas=(0.9, 0.999),
                                  weight_decay=float(sc["weight_decay"]))
     scheduler = _student_scheduler(optimizer, sc, epochs * len(loader), len(loader))
@@ -477,13 +488,18 @@ def distill(cfg: dict[str, Any], teacher_path: str | Path, run_dir: Path, resume
         sampler.set_epoch(epoch)
         view.set_epoch(epoch)
         loss_sum, n = torch.zeros((), dtype=torch.float64), 0
-        for images, _ in progress(loader, show_progress and ctx.is_main, desc=f"student {epoch + 1}/{epochs}"):
+        for i, (images, labels) in enumerate(progress(loader, show_progress and ctx.is_main,
+                                                      desc=f"student {epoch + 1}/{epochs}")):
+            outlier = valid = None
+            if exposure.enabled:  # the random pastes depend on (seed, epoch, step, rank) only: resumable
+                images, outlier, valid = outlier_batch(images, labels, spec, exposure, (seed, epoch, i, ctx.rank))
+                outlier, valid = outlier.to(ctx.device), valid.to(ctx.device)
             images = images.to(ctx.device, non_blocking=True)
             x = preprocess(images, model.preprocess_config)
             with autocast(ctx.device, use_amp):
                 with torch.no_grad():
                     target = model.teacher(x).feature
-                loss = F.mse_loss(net(x).float(), target.float())
+                loss = distillation_loss(net(x).float(), target.float(), exposure, outlier, valid)
             step = _optimizer_step(loss, optimizer, scaler, scheduler, step, tb, "student")
             loss_sum += loss.detach().double().cpu()
             n += 1
@@ -512,6 +528,19 @@ def distill(cfg: dict[str, Any], teacher_path: str | Path, run_dir: Path, resume
     tb.close()
     log.info("student done: best val loss %.5f at epoch %d -> %s", best, best_epoch, run_dir / "best.pt")
     return run_dir / "best.pt"
+
+
+def outlier_batch(images: torch.Tensor, labels: torch.Tensor, spec: Any, exposure: OutlierExposure,
+                  seed: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images with pasted 2-D proxies, outlier pixel mask, valid pixel mask) of one uint8 (N, H, W, 3) batch."""
+    outlier = torch.isin(labels, torch.tensor(spec.outlier_proxy_ids or (-1,), dtype=labels.dtype))
+    valid = (labels != int(spec.ignore_id)) & ~torch.isin(labels, torch.tensor(spec.anomaly_ids or (-1,),
+                                                                               dtype=labels.dtype))
+    if exposure.paste_probability > 0:
+        batch = images.numpy().copy()
+        pasted = paste_outlier_shapes(batch, np.random.default_rng(list(seed)), exposure.paste_probability)
+        images, outlier = torch.from_numpy(batch), outlier | torch.from_numpy(pasted)
+    return images, outlier, valid | outlier
 
 
 def _student_scheduler(optimizer: Any, sc: dict[str, Any], total_steps: int, steps_per_epoch: int) -> Any:

@@ -36,12 +36,14 @@ def score_maps(model: Any, images: torch.Tensor, size: tuple[int, int], minmax: 
         dict[str, torch.Tensor], torch.Tensor]:
     """All methods' (N, H, W) score maps at ``size`` and the teacher's class ids, from one forward pass."""
     t, s = model.features(images)
-    tf, sf = t.feature.float(), s.float()
+    tf, sf, lf = t.feature.float(), s.float(), t.logits.float()
     pp = model.preprocess_config
-    maps = {
-        "dicnet_paper": model.score_features(tf, sf, "paper"),
-        "dicnet_code": model.score_features(tf, sf, "code"),
+    maps = {  # the published score in both modes (with the model's fusion, if any)
+        "dicnet_paper": model.score_features(tf, sf, "paper", lf),
+        "dicnet_code": model.score_features(tf, sf, "code", lf),
     }
+    if model.config.score_fusion != "none":  # and the discrepancy alone, to show what the fusion adds
+        maps["dicnet_discrepancy"] = model.score_features(tf, sf, None, lf, fusion="none")
     logits = restore_size(t.logits.float(), pp, size)
     out = {k: restore_size(v, pp, size)[:, 0] for k, v in maps.items()}
     if minmax:
@@ -61,7 +63,8 @@ def _score_range(name: str, first: torch.Tensor, num_classes: int, calibration: 
     if name.startswith("dicnet"):
         stats = (calibration.get("score_stats_by_mode") or {}).get(name.split("_")[1], {})
         hi = max(float(stats.get("max", 0.0)) * 20.0, float(first.max()) * 4.0, 1e-6)
-        return 0.0, hi
+        lo = min(0.0, float(first.min()) * 4.0)  # a fused score is standardised: it goes below 0
+        return lo, hi
     lo, hi = float(first.min()), float(first.max())
     span = max(hi - lo, 1.0)
     return lo - 2 * span, hi + 2 * span

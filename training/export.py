@@ -233,6 +233,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
     pre = model.preprocess_config
     export_model = copy.deepcopy(model).half() if opts.fp16 else model
     export_model.mu_c.data = model.mu_c.data.float().clone()  # the score is computed in fp32
+    export_model.fusion_norm.data = model.fusion_norm.data.float().clone()
     example = _example_input(model, opts)
     dyn = {INPUT_NAME: {0: "batch", 1: "height", 2: "width"}} if opts.dynamic else {}
     start = time.perf_counter()

@@ -40,11 +40,15 @@ class DatasetSpec:
     ignore_id: int = 255
     label_offset: int = 1
     anomaly_names: tuple[str, ...] = ("anomaly",)
+    #: ids of outlier PROXIES in training images (objects of no known class and no test anomaly family): the
+    #: teacher ignores them, the student is taught to disagree with the teacher there (outlier exposure)
+    outlier_proxy_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         object.__setattr__(self, "anomaly_ids", tuple(int(a) for a in self.anomaly_ids))
         object.__setattr__(self, "anomaly_names", tuple(str(a) for a in self.anomaly_names))
+        object.__setattr__(self, "outlier_proxy_ids", tuple(int(a) for a in self.outlier_proxy_ids))
         object.__setattr__(self, "ignore_id", int(self.ignore_id))
         object.__setattr__(self, "label_offset", int(self.label_offset))
         n = len(self.class_names)
@@ -66,6 +70,10 @@ class DatasetSpec:
                 )
             if a > 254 or a == self.ignore_id:
                 raise ValueError(f"dataset spec {self.name!r}: anomaly id {a} collides with ignore/uint8 range")
+        for a in self.outlier_proxy_ids:
+            if a < n or a in self.anomaly_ids or a > 254 or a == self.ignore_id:
+                raise ValueError(f"dataset spec {self.name!r}: outlier proxy id {a} collides with a class, an anomaly "
+                                 "id or the ignore id")
         if self.ignore_id < n:
             raise ValueError(f"dataset spec {self.name!r}: ignore_id {self.ignore_id} is a training class id (< {n})")
         if len(self.anomaly_names) != len(self.anomaly_ids):
@@ -83,8 +91,8 @@ class DatasetSpec:
         return len(self.class_names)
 
     def valid_ids(self) -> tuple[int, ...]:
-        """Label ids that carry meaning (training classes, then anomalies); everything else is ignored."""
-        return (*range(self.num_classes), *self.anomaly_ids)
+        """Label ids that carry meaning (training classes, anomalies, outlier proxies); everything else is ignored."""
+        return (*range(self.num_classes), *self.anomaly_ids, *self.outlier_proxy_ids)
 
     def decode_lut(self) -> np.ndarray:
         """256-entry table raw PNG value -> label id, so decoding a label is a single indexing op."""
@@ -104,6 +112,7 @@ class DatasetSpec:
             "ignore_id": self.ignore_id,
             "label_offset": self.label_offset,
             "anomaly_names": list(self.anomaly_names),
+            **({"outlier_proxy_ids": list(self.outlier_proxy_ids)} if self.outlier_proxy_ids else {}),
         }
 
     @classmethod
@@ -126,6 +135,8 @@ class DatasetSpec:
                 kwargs[key] = int(data[key])
         if data.get("anomaly_names") is not None:
             kwargs["anomaly_names"] = tuple(_as_list(data["anomaly_names"]))
+        if data.get("outlier_proxy_ids") is not None:
+            kwargs["outlier_proxy_ids"] = tuple(_as_list(data["outlier_proxy_ids"]))
         return cls(**kwargs)
 
     @classmethod

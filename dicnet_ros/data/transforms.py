@@ -122,3 +122,54 @@ class TrainAugment:
         m = _YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ
         x = x @ m.T
         return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def paste_outlier_shapes(images: np.ndarray, rng: np.random.Generator, probability: float,
+                         shapes: tuple[int, int] = (1, 2), radius: tuple[float, float] = (10.0, 60.0)) -> np.ndarray:
+    """Paste random textured polygons into a uint8 (N, H, W, 3) batch in place; returns their (N, H, W) mask.
+
+    2-D outlier proxies for the student's outlier exposure: star-shaped polygons (5-9 corners) filled with noise,
+    stripes or smooth random colour fields, shaded top to bottom, in the lower two thirds of the image where road
+    objects appear. Each image gets them with ``probability``. They look like nothing in the data set, so the
+    student learns to disagree with the teacher on what it does not know, not on one object class.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 (N, H, W, 3) batch, got {images.dtype} {images.shape}")
+    n, height, width, _ = images.shape
+    mask = np.zeros((n, height, width), dtype=bool)
+    for b in range(n):
+        if rng.random() >= probability:
+            continue
+        for _ in range(int(rng.integers(shapes[0], shapes[1] + 1))):
+            r = rng.uniform(*radius) * min(height, width) / 216.0
+            cx = rng.uniform(r, max(r + 1, width - r))
+            cy = rng.uniform(height * 0.35, max(height * 0.35 + 1, height - r / 2))
+            corners = int(rng.integers(5, 10))
+            angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
+            radii = r * rng.uniform(0.4, 1.0, corners)
+            points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1).astype(np.int32)
+            shape = np.zeros((height, width), np.uint8)
+            cv2.fillPoly(shape, [points], 1)
+            inside = shape.astype(bool)
+            texture = _outlier_texture(rng, height, width)
+            images[b][inside] = texture[inside]
+            mask[b] |= inside
+    return mask
+
+
+def _outlier_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A (H, W, 3) uint8 texture: noisy flat colour, stripes, or a smooth random colour field."""
+    base = rng.uniform(0, 255, 3)
+    kind = int(rng.integers(3))
+    if kind == 0:
+        texture = base + rng.normal(0, rng.uniform(5, 40), (height, width, 3))
+    elif kind == 1:
+        period, angle = rng.uniform(4, 20), rng.uniform(0, np.pi)
+        yy, xx = np.mgrid[0:height, 0:width]
+        stripe = (np.sin((xx * np.cos(angle) + yy * np.sin(angle)) / period * 2 * np.pi) > 0)[..., None]
+        texture = np.where(stripe, base, rng.uniform(0, 255, 3))
+    else:
+        coarse = rng.uniform(0, 255, (max(2, height // 16), max(2, width // 16), 3)).astype(np.float32)
+        texture = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    shade = np.linspace(rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0), height)[:, None, None]
+    return np.clip(texture * shade, 0, 255).astype(np.uint8)

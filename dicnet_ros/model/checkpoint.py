@@ -91,4 +91,7 @@ def model_from_checkpoint(path: str | Path, require_student: bool = True) -> tup
     mu_c = data.get("mu_c") or metadata.calibration.get("mu_c")
     if mu_c is not None:
         model.mu_c.copy_(torch.as_tensor(mu_c, dtype=torch.float32))
+    fusion_norm = metadata.calibration.get("fusion_norm")
+    if fusion_norm is not None:
+        model.fusion_norm.copy_(torch.as_tensor(fusion_norm, dtype=torch.float32))
     return model.eval(), metadata, data

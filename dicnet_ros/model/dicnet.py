@@ -11,7 +11,14 @@ from torch import nn
 
 from dicnet_ros.model.backbones import build_backbone
 from dicnet_ros.model.pyramid_pooling import PyramidPooling
-from dicnet_ros.model.scoring import SCORING_MODES, TEACHER_NORMS, anomaly_score, baseline_score
+from dicnet_ros.model.scoring import (
+    SCORE_FUSIONS,
+    SCORING_MODES,
+    TEACHER_NORMS,
+    anomaly_score,
+    baseline_score,
+    fuse_with_maxlogit,
+)
 from dicnet_ros.preprocessing import PreprocessConfig, preprocess, restore_size
 
 
@@ -30,6 +37,7 @@ class ModelConfig:
     teacher_norm: str = "bn_affine"
     scoring_mode: str = "paper"
     score_smoothing: int = 1  # k x k mean of the score at feature resolution (1 = off, as in the paper)
+    score_fusion: str = "none"  # "maxlogit": + the teacher's standardised MaxLogit (scoring.py); "none" = the paper
     aux_head: bool = False
     dropout: float = 0.1
     teacher_pretrained: str | None = None  # None = torchvision cache if present, 'none', or a path
@@ -42,6 +50,8 @@ class ModelConfig:
             raise ValueError(f"scoring_mode must be one of {SCORING_MODES}, got {self.scoring_mode!r}")
         if self.num_classes < 2:
             raise ValueError("num_classes must be at least 2")
+        if self.score_fusion not in SCORE_FUSIONS:
+            raise ValueError(f"score_fusion must be one of {SCORE_FUSIONS}, got {self.score_fusion!r}")
         if self.score_smoothing < 1 or self.score_smoothing % 2 == 0:
             raise ValueError(f"score_smoothing must be an odd window size >= 1, got {self.score_smoothing}")
 
@@ -132,7 +142,8 @@ class DiCNetOutput(NamedTuple):
 class DiCNet(nn.Module):
     """Teacher + student + score, taking camera images (uint8, N x H x W x 3, RGB) straight in.
 
-    ``mu_c`` (paper Eq. 7) is a buffer filled by calibration, so it travels with the weights into ONNX.
+    ``mu_c`` (paper Eq. 7) and ``fusion_norm`` (the in-distribution mean / std of the discrepancy and of MaxLogit)
+    are buffers filled by calibration, so they travel with the weights into ONNX.
     """
 
     def __init__(self, cfg: ModelConfig, preprocess_config: PreprocessConfig):
@@ -142,6 +153,7 @@ class DiCNet(nn.Module):
         self.teacher = Teacher(cfg)
         self.student = Student(cfg)
         self.register_buffer("mu_c", torch.zeros(cfg.feature_channels))
+        self.register_buffer("fusion_norm", torch.tensor([0.0, 1.0, 0.0, 1.0]))
 
     @property
     def scoring_mode(self) -> str:
@@ -151,11 +163,22 @@ class DiCNet(nn.Module):
         return preprocess(images, self.preprocess_config)
 
     def score_features(self, teacher_feature: torch.Tensor, student_feature: torch.Tensor,
-                       mode: str | None = None) -> torch.Tensor:
-        """(N, 1, h, w) score at feature resolution, with this model's mu_c and smoothing: the one place
-        every path (training validation, calibration, evaluation, export, backends) scores through."""
-        return anomaly_score(teacher_feature, student_feature, mode or self.scoring_mode, self.mu_c,
-                             self.config.score_smoothing)
+                       mode: str | None = None, logits: torch.Tensor | None = None,
+                       fusion: str | None = None) -> torch.Tensor:
+        """(N, 1, h, w) score at feature resolution, with this model's mu_c, smoothing and fusion: the one place
+        every path (training validation, calibration, evaluation, export, backends) scores through.
+
+        ``fusion`` None = the model's ``score_fusion`` (the published score); "none" = the discrepancy alone.
+        A MaxLogit fusion needs the teacher's ``logits`` (at feature resolution).
+        """
+        score = anomaly_score(teacher_feature, student_feature, mode or self.scoring_mode, self.mu_c,
+                              self.config.score_smoothing)
+        fusion = fusion or self.config.score_fusion
+        if fusion == "none":
+            return score
+        if logits is None:
+            raise ValueError(f"score_fusion {fusion!r} needs the teacher's logits")
+        return fuse_with_maxlogit(score, logits, self.fusion_norm)
 
     def features(self, images: torch.Tensor) -> tuple[TeacherOutput, torch.Tensor]:
         """Teacher output and student feature for uint8 images: the one pass evaluation derives every map from."""
@@ -182,7 +205,7 @@ class DiCNet(nn.Module):
         if labels not in LABEL_MODES:
             raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
         pp = self.preprocess_config
-        score = restore_size(self.score_features(teacher_feature, student_feature), pp, size)[:, 0]
+        score = restore_size(self.score_features(teacher_feature, student_feature, logits=logits), pp, size)[:, 0]
         logits = logits.float()
         if labels == "bilinear":
             up = restore_size(logits, pp, size)

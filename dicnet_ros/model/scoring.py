@@ -17,6 +17,12 @@ and shift (official code); ``standardized`` = (x - running_mean) / sqrt(running_
 
 Baselines from the same teacher's logits (higher = more anomalous): ``msp`` = 1 - max softmax,
 ``maxlogit`` = -max logit, ``entropy`` = softmax entropy.
+
+Fusion (``SCORE_FUSIONS``, ``none`` = the paper): ``maxlogit`` adds the teacher's MaxLogit to the discrepancy,
+each standardised by its mean and standard deviation on in-distribution pixels (``fusion_norm``, estimated by
+``dicnet calibrate``; no anomaly label is used). The two disagree where it matters: the discrepancy is high on
+rare known classes the student reproduces badly, MaxLogit on class boundaries and on objects the teacher
+confidently calls something; a pixel high in both is rarely normal.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 SCORING_MODES = ("paper", "code")
+SCORE_FUSIONS = ("none", "maxlogit")
 TEACHER_NORMS = ("bn_affine", "standardized")
 BASELINES = ("msp", "maxlogit", "entropy")
 
@@ -48,6 +55,13 @@ def anomaly_score(
     if smoothing > 1:
         score = F.avg_pool2d(score, smoothing, stride=1, padding=smoothing // 2, count_include_pad=False)
     return score
+
+
+def fuse_with_maxlogit(discrepancy: torch.Tensor, logits: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """(discrepancy - m_d) / s_d + (maxlogit - m_l) / s_l at feature resolution; ``norm`` = (m_d, s_d, m_l, s_l)."""
+    norm = norm.to(discrepancy.dtype)
+    maxlogit = baseline_score(logits.to(discrepancy.dtype), "maxlogit")
+    return (discrepancy - norm[0]) / norm[1] + (maxlogit - norm[2]) / norm[3]
 
 
 def discrepancy_channel_sum(teacher_feature: torch.Tensor, student_feature: torch.Tensor) -> torch.Tensor:

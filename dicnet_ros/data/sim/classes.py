@@ -22,6 +22,10 @@ SIM_CLASSES: tuple[str, ...] = (
 #: Train id of the anomaly class (only ever present in the test split).
 SIM_ANOMALY_ID: int = len(SIM_CLASSES)
 SIM_ANOMALY_NAME: str = "anomaly"
+#: Train id of outlier proxies: objects of no known class and of no anomaly family, rendered into some TRAINING
+#: images (``dicnet sim --outlier-proxies``) for the student's outlier exposure; never in val or test.
+SIM_PROXY_ID: int = SIM_ANOMALY_ID + 1
+SIM_PROXY_NAME: str = "outlier_proxy"
 #: Annotation PNGs store ``class id + LABEL_OFFSET`` so that raw 0 can mean "ignore".
 LABEL_OFFSET: int = 1
 IGNORE_ID: int = 255
@@ -45,6 +49,7 @@ SIM_CLASS_COLORS: np.ndarray = np.array(
         (220, 20, 60),  # pedestrian
         (152, 251, 152),  # terrain
         (255, 128, 0),  # anomaly
+        (255, 0, 255),  # outlier proxy (training images only)
     ],
     dtype=np.uint8,
 )

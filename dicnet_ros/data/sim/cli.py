@@ -24,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--anomaly-set", default="all", help="anomaly families for the test split; " + ANOMALY_SET_HELP
     )
     parser.add_argument(
+        "--outlier-proxies", type=float, default=0.0, metavar="FRACTION",
+        help="fraction of TRAIN images with 1-2 outlier proxies (objects of no class and no anomaly family, "
+             "labelled outlier_proxy) for the student's outlier exposure (default 0)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=default_workers(), help="render processes (default min(4, cpus))"
     )
     parser.add_argument(
@@ -67,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             anomaly_set=args.anomaly_set,
             workers=args.workers,
             progress=not args.no_progress,
+            outlier_proxies=args.outlier_proxies,
         )
         total += rep.count
         seconds += rep.seconds

@@ -26,9 +26,10 @@ from dicnet_ros.data.sim.classes import (
     SIM_ANOMALY_ID,
     SIM_ANOMALY_NAME,
     SIM_CLASSES,
+    SIM_PROXY_ID,
     SPLIT_DIRS,
 )
-from dicnet_ros.data.sim.objects import AnomalyModel, parse_anomaly_set
+from dicnet_ros.data.sim.objects import OUTLIER_PROXIES, AnomalyModel, parse_anomaly_set
 
 SPLITS: tuple[str, ...] = tuple(SPLIT_DIRS)
 
@@ -66,6 +67,11 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _with_proxies(seed: int, fraction: float) -> bool:
+    """Whether this training image gets outlier proxies (its own generator: the scene's draws stay as they were)."""
+    return fraction > 0 and bool(np.random.default_rng([seed, 0xB0]).random() < fraction)
+
+
 def write_dataset_yaml(out: Path, size: tuple[int, int]) -> Path:
     """Write DIR/dataset.yaml in the schema the project's loaders read."""
     meta = {
@@ -73,6 +79,7 @@ def write_dataset_yaml(out: Path, size: tuple[int, int]) -> Path:
         "classes": list(SIM_CLASSES),
         "anomaly_ids": [SIM_ANOMALY_ID],
         "anomaly_names": [SIM_ANOMALY_NAME],
+        "outlier_proxy_ids": [SIM_PROXY_ID],
         "ignore_id": IGNORE_ID,
         "label_offset": LABEL_OFFSET,
         "generator": {"tool": "dicnet sim", "version": __version__, "size": [int(size[0]), int(size[1])]},
@@ -87,8 +94,8 @@ def _render_task(task: tuple) -> dict:
     """Worker body: render one image and write its RGB and annotation PNGs; returns the manifest entry."""
     from dicnet_ros.data.sim.render import render_image  # pybullet is only imported in workers
 
-    index, seed, width, height, models, img_path, ann_path = task
-    res = render_image(seed, width, height, models)
+    index, seed, width, height, models, proxies, img_path, ann_path = task
+    res = render_image(seed, width, height, models, proxy_models=proxies)
     if not cv2.imwrite(img_path, cv2.cvtColor(res.rgb, cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write {img_path}")
     cv2.imwrite(ann_path, (res.label + LABEL_OFFSET).astype(np.uint8))
@@ -97,6 +104,7 @@ def _render_task(task: tuple) -> dict:
         "file": os.path.basename(img_path),
         "seed": seed,
         "anomaly_pixels": res.anomaly_pixels,
+        **({"outlier_proxy_pixels": int((res.label == SIM_PROXY_ID).sum())} if proxies else {}),
         "anomalies": res.anomalies,
     }
 
@@ -110,12 +118,17 @@ def generate_split(
     anomaly_set: str = "all",
     workers: int | None = None,
     progress: bool = True,
+    outlier_proxies: float = 0.0,
 ) -> SplitReport:
     """Render ``count`` images of ``split`` into ``out`` (StreetHazards layout) and write the manifest.
 
     Anomalies are inserted only in the test split; ``anomaly_set`` selects their families
-    (see :mod:`dicnet_ros.data.sim.objects`).
+    (see :mod:`dicnet_ros.data.sim.objects`). ``outlier_proxies`` is the fraction of TRAIN images that get
+    outlier proxies (``OUTLIER_PROXIES``) for the student's outlier exposure; the decision per image comes from
+    its own seed, so images without proxies are the same as with ``outlier_proxies=0``.
     """
+    if not 0.0 <= outlier_proxies <= 1.0:
+        raise ValueError(f"outlier_proxies must be a fraction in [0, 1], got {outlier_proxies}")
     if split not in SPLIT_DIRS:
         raise ValueError(f"unknown split '{split}', expected one of {', '.join(SPLITS)}")
     models: tuple[AnomalyModel, ...] = parse_anomaly_set(anomaly_set) if split == "test" else ()
@@ -132,6 +145,7 @@ def generate_split(
             width,
             height,
             models,
+            OUTLIER_PROXIES if split == "train" and _with_proxies(image_seed(seed, split, i), outlier_proxies) else (),
             str(img_dir / f"{i:06d}.png"),
             str(ann_dir / f"{i:06d}.png"),
         )
@@ -160,6 +174,7 @@ def generate_split(
         "count": count,
         "size": [width, height],
         "anomaly_set": anomaly_set if split == "test" else None,
+        "outlier_proxies": outlier_proxies if split == "train" else 0.0,
         "generator_version": __version__,
         "images_dir": SPLIT_DIRS[split][0],
         "annotations_dir": SPLIT_DIRS[split][1],

@@ -11,6 +11,11 @@ families so that held-out families can be generated for evaluation:
 * ``all``     - everything above (the default).
 
 Tokens are comma-separated and combined as a union, e.g. ``urdf:500-999,animals``.
+
+``OUTLIER_PROXIES`` are a separate, fixed set of objects for TRAINING ONLY (outlier exposure of the student):
+a bicycle, a torus, a warehouse shelf pod, a two-joint robot arm and a gripper. None of them belongs to a
+known class or to an anomaly family above (thin, pole-like models and anything human- or animal-like were
+left out), so evaluating on the families stays evaluating on objects the model has never seen.
 This module does not import pybullet.
 """
 
@@ -68,6 +73,16 @@ _ROBOTS: tuple[AnomalyModel, ...] = tuple(
         ("husky", "husky/husky.urdf"),
         ("xarm6", "xarm/xarm6_robot.urdf"),
     )
+)
+
+
+#: Training-only outlier proxies (family "proxy"); a .obj / .stl path is wrapped into a URDF by the renderer.
+OUTLIER_PROXIES: tuple[AnomalyModel, ...] = (
+    AnomalyModel("bicycle", "proxy", "bicycle/bike.urdf", upright=True),
+    AnomalyModel("torus", "proxy", "torus/torus_textured.obj"),
+    AnomalyModel("shelf_pod", "proxy", "kiva_shelf/meshes/pod_lowres.stl", upright=True),
+    AnomalyModel("two_joint_robot", "proxy", "TwoJointRobot_w_fixedJoints.urdf"),
+    AnomalyModel("pr2_gripper", "proxy", "pr2_gripper.urdf"),
 )
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pybullet as p
 import pybullet_data
 
-from dicnet_ros.data.sim.classes import SIM_ANOMALY_ID
+from dicnet_ros.data.sim.classes import SIM_ANOMALY_ID, SIM_PROXY_ID
 from dicnet_ros.data.sim.objects import AnomalyModel, group_by_family
 from dicnet_ros.data.sim.scene import ROAD_TOP, SKY, SceneBuilder, StreetLayout, build_street
 
@@ -78,6 +78,30 @@ def _extent(client: int, body: int) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
+_MESH_SUFFIXES = (".obj", ".stl")
+_URDF_WRAPPER = """<robot name="{name}"><link name="base"><visual><geometry><mesh filename="{mesh}"/></geometry>
+<material name="m"><color rgba="0.6 0.6 0.6 1"/></material></visual><collision><geometry><mesh filename="{mesh}"/>
+</geometry></collision></link></robot>
+"""
+
+
+def _urdf_file(model: AnomalyModel) -> str:
+    """Absolute URDF path of a model; a bare mesh (.obj / .stl under pybullet_data) gets a one-link wrapper URDF
+    written once per process into the temp folder."""
+    path = os.path.join(pybullet_data.getDataPath(), model.urdf)
+    if not path.lower().endswith(_MESH_SUFFIXES):
+        return path
+    import tempfile
+
+    folder = os.path.join(tempfile.gettempdir(), f"dicnet_sim_urdfs_{os.getpid()}")
+    os.makedirs(folder, exist_ok=True)
+    wrapper = os.path.join(folder, f"{model.name}.urdf")
+    if not os.path.exists(wrapper):
+        with open(wrapper, "w", encoding="utf-8") as fh:
+            fh.write(_URDF_WRAPPER.format(name=model.name, mesh=path))
+    return wrapper
+
+
 def _native_size(model: AnomalyModel) -> float:
     """Largest extent of a model at scale 1, cached per process.
 
@@ -91,7 +115,7 @@ def _native_size(model: AnomalyModel) -> float:
         client = _MEASURE_CLIENT
         with _quiet_fds():
             b = p.loadURDF(
-                os.path.join(pybullet_data.getDataPath(), model.urdf),
+                _urdf_file(model),
                 [0, 0, 0],
                 useFixedBase=True,
                 physicsClientId=client,
@@ -190,7 +214,7 @@ def _place_anomalies(
         scale = size / _native_size(model)
         with _quiet_fds():
             b = p.loadURDF(
-                os.path.join(pybullet_data.getDataPath(), model.urdf),
+                _urdf_file(model),
                 [x, y, 0.0],
                 p.getQuaternionFromEuler(rpy),
                 useFixedBase=True,
@@ -202,7 +226,8 @@ def _place_anomalies(
         p.resetBasePositionAndOrientation(
             b, [pos[0], pos[1], pos[2] + z - lo[2]], orn, physicsClientId=client
         )
-        if model.family in ("urdf", "toys") and rng.random() < 0.5:
+        # proxies are always recoloured: the student must not learn "this colour is an outlier"
+        if (model.family in ("urdf", "toys") and rng.random() < 0.5) or model.family == "proxy":
             col = [*rng.uniform(0.05, 1.0, 3).tolist(), 1.0]
             for j in range(-1, p.getNumJoints(b, physicsClientId=client)):
                 p.changeVisualShape(b, j, rgbaColor=col, physicsClientId=client)
@@ -256,9 +281,14 @@ def _sensor(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
 
 
 def render_image(
-    seed: int, width: int, height: int, anomaly_models: tuple[AnomalyModel, ...] = (), max_tries: int = 6
+    seed: int, width: int, height: int, anomaly_models: tuple[AnomalyModel, ...] = (), max_tries: int = 6,
+    proxy_models: tuple[AnomalyModel, ...] = (),
 ) -> RenderResult:
-    """Render one image; with anomaly models, insert 1-4 anomalies and guarantee at least one is visible."""
+    """Render one image; with anomaly models, insert 1-4 anomalies and guarantee at least one is visible.
+
+    ``proxy_models`` (training images only): 1-2 outlier proxies, labelled ``SIM_PROXY_ID`` (no visibility
+    guarantee: an occluded proxy is simply absent from the label map).
+    """
     client = get_client()
     rng = np.random.default_rng(seed)
     p.resetSimulation(physicsClientId=client)
@@ -277,6 +307,10 @@ def render_image(
             placed = _place_anomalies(
                 client, rng, layout, anomaly_models, 1 if near else int(rng.integers(1, 5)), near=near
             )
+        if proxy_models and attempt == 0:
+            proxies = _place_anomalies(client, rng, layout, proxy_models, int(rng.integers(1, 3)))
+            for b, _ in proxies:
+                builder.body_class[b] = SIM_PROXY_ID
         _, _, rgba, depth, seg = p.getCameraImage(
             width, height, cam.view, cam.proj, renderer=p.ER_TINY_RENDERER, physicsClientId=client, **light
         )

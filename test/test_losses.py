@@ -1,0 +1,40 @@
+"""The student's objective: Eq. 6 alone, and with outlier exposure on proxy cells."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from dicnet_training.losses import OutlierExposure, distillation_loss  # noqa: E402
+
+
+def test_without_outlier_exposure_it_is_the_papers_mse() -> None:
+    s, t = torch.randn(2, 8, 4, 6), torch.randn(2, 8, 4, 6)
+    expected = torch.nn.functional.mse_loss(s, t)
+    assert torch.allclose(distillation_loss(s, t), expected)
+    assert torch.allclose(distillation_loss(s, t, OutlierExposure(weight=0.0)), expected)
+
+
+def test_outlier_cells_are_pushed_apart_normal_cells_together() -> None:
+    t = torch.zeros(1, 4, 2, 2)
+    s = torch.zeros(1, 4, 2, 2)
+    outlier = torch.zeros(1, 16, 16, dtype=torch.bool)
+    outlier[:, :8, :8] = True  # exactly the top-left feature cell
+    valid = torch.ones(1, 16, 16, dtype=torch.bool)
+    oe = OutlierExposure(weight=2.0, margin=1.0)
+    # the student copies the teacher everywhere: no normal error, full hinge on the outlier cell
+    assert distillation_loss(s, t, oe, outlier, valid).item() == pytest.approx(2.0)
+    s[:, :, 0, 0] = 3.0  # disagrees on the outlier cell beyond the margin: no penalty
+    assert distillation_loss(s, t, oe, outlier, valid).item() == pytest.approx(0.0)
+    s[:, :, 1, 1] = 1.0  # disagrees on a normal cell: Eq. 6 there
+    assert distillation_loss(s, t, oe, outlier, valid).item() == pytest.approx(1.0 / 3.0)
+
+
+def test_config_is_checked() -> None:
+    assert not OutlierExposure.from_config(None).enabled
+    assert OutlierExposure.from_config({"weight": 1, "paste_probability": 0.3}).paste_probability == 0.3
+    with pytest.raises(ValueError, match="unknown keys"):
+        OutlierExposure.from_config({"wieght": 1})
+    with pytest.raises(ValueError, match="margin > 0"):
+        OutlierExposure.from_config({"weight": 1, "margin": 0})

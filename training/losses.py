@@ -1,0 +1,68 @@
+"""The student's training objective: distillation (paper Eq. 6) plus, optionally, outlier exposure.
+
+Eq. 6 alone teaches the student to agree with the teacher everywhere it is trained, and a student that
+generalises well then also agrees on objects it has never seen: on the simulated benchmark large anomalies got
+the features of the known class they resemble and scored like normal pixels (models/README.md). Outlier
+exposure adds the missing signal: on outlier proxies (objects of no class and no test family rendered into some
+training images, and random textured polygons pasted in) the student is pushed to DISAGREE with the teacher by
+at least ``margin`` (mean over channels of the squared difference), with a hinge, so it learns to disagree on
+what it does not know rather than to copy it. Normal pixels keep Eq. 6; pixels near a proxy (feature cells that
+are partly proxy) and ignored pixels take part in neither term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class OutlierExposure:
+    """``student.outlier_exposure`` of a config: weight 0 = the paper's Eq. 6 only."""
+
+    weight: float = 0.0
+    margin: float = 1.0
+    paste_probability: float = 0.0  # share of training images that also get pasted 2-D proxies
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any] | None) -> OutlierExposure:
+        section = dict(section or {})
+        unknown = set(section) - {"weight", "margin", "paste_probability"}
+        if unknown:
+            raise ValueError(f"student.outlier_exposure: unknown keys {sorted(unknown)}")
+        oe = cls(**{k: float(v) for k, v in section.items()})
+        if oe.weight < 0 or oe.margin <= 0 or not 0 <= oe.paste_probability <= 1:
+            raise ValueError(f"student.outlier_exposure: need weight >= 0, margin > 0, 0 <= paste_probability <= 1, "
+                             f"got {oe}")
+        return oe
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0
+
+
+def feature_cell_masks(outlier: torch.Tensor, valid: torch.Tensor,
+                       size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel masks (N, H, W) -> feature-cell masks (N, 1, h, w): (mostly outlier, entirely valid normal)."""
+    share = F.adaptive_avg_pool2d(outlier.float()[:, None], size)
+    normal = F.adaptive_avg_pool2d((valid & ~outlier).float()[:, None], size)
+    return share > 0.5, normal > 0.999
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, exposure: OutlierExposure | None = None,
+                      outlier: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 6 (MSE to the teacher feature) on normal cells + weight * mean(relu(margin - error)) on outlier cells.
+
+    Without outlier exposure (or without masks) this is exactly the paper's MSE over all cells.
+    """
+    if exposure is None or not exposure.enabled or outlier is None or valid is None:
+        return F.mse_loss(student, teacher)
+    error = (student - teacher).pow(2).mean(dim=1, keepdim=True)
+    outlier_cells, normal_cells = feature_cell_masks(outlier, valid, tuple(error.shape[-2:]))
+    loss = error[normal_cells].mean() if bool(normal_cells.any()) else error.sum() * 0.0
+    if bool(outlier_cells.any()):
+        loss = loss + exposure.weight * F.relu(exposure.margin - error[outlier_cells]).mean()
+    return loss
