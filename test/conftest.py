@@ -1,9 +1,12 @@
-"""Shared fixtures: a tiny random-weight DiCNet checkpoint and its fused ONNX export (built once per session)."""
+"""Shared fixtures: a tiny random-weight DiCNet checkpoint and its fused ONNX export (built once per session), and
+the check that a MaxLogit map is the teacher's -max logit."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -23,3 +26,38 @@ def tiny_onnx(tiny_checkpoint: Path) -> Path:
 
     out = tiny_checkpoint.parent / "tiny.onnx"
     return export_onnx(tiny_checkpoint, out, ExportOptions(dynamic=True)).onnx_path
+
+
+def maxlogit_reference(checkpoint: Path, image: np.ndarray, labels: str = "network") -> np.ndarray:
+    """-max logit of the teacher, computed here from its logits and taken where ``labels`` says (DiCNet.outputs)."""
+    import torch
+    import torch.nn.functional as F
+
+    from dicnet_ros.model.checkpoint import model_from_checkpoint
+    from dicnet_ros.preprocessing import restore_size
+
+    model, _, _ = model_from_checkpoint(checkpoint)
+    pre, size = model.preprocess_config, tuple(image.shape[:2])
+    with torch.no_grad():
+        logits = model.features(torch.from_numpy(image)[None])[0].logits.float()
+        if labels == "bilinear":
+            return -restore_size(logits, pre, size).amax(dim=1)[0].numpy()
+        if labels == "nearest":
+            return -restore_size(logits.amax(dim=1, keepdim=True), pre, size, mode="bilinear")[0, 0].numpy()
+        neg_max = -restore_size(logits, pre, None).amax(dim=1, keepdim=True)
+        if tuple(neg_max.shape[-2:]) != size:
+            neg_max = F.interpolate(neg_max, size=size, mode="bilinear", align_corners=False)
+        return neg_max[0, 0].numpy()
+
+
+@pytest.fixture(scope="session")
+def check_maxlogit() -> Callable[..., None]:
+    """``check(got, checkpoint, image, labels="network")``: ``got`` is the teacher's -max logit, within the MSP
+    checks' tolerance relative to the logits' magnitude (they are not bounded like MSP)."""
+
+    def check(got: np.ndarray, checkpoint: Path, image: np.ndarray, labels: str = "network") -> None:
+        reference = maxlogit_reference(checkpoint, image, labels)
+        assert got.shape == reference.shape and got.dtype == np.float32
+        assert np.abs(got - reference).max() < 1e-4 * max(1.0, float(np.abs(reference).max()))
+
+    return check

@@ -54,6 +54,33 @@ def test_backends_agree(tiny_onnx: Path, tiny_checkpoint: Path) -> None:
     assert (a.semantic_labels == b.semantic_labels).mean() > 0.999
 
 
+def test_baseline_extras_are_msp_and_maxlogit(model, tiny_checkpoint: Path, check_maxlogit) -> None:
+    """Every backend returns the teacher's MSP and MaxLogit (-max logit) maps beside the score."""
+    image = np.random.default_rng(4).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    extras = model.infer(image).extras
+    assert set(extras) == {"msp", "maxlogit"}
+    assert extras["msp"].shape == (50, 70) and extras["msp"].min() >= 0.0 and extras["msp"].max() <= 1.0
+    check_maxlogit(extras["maxlogit"], tiny_checkpoint, image)
+
+
+def test_model_without_maxlogit_output_still_loads(tmp_path: Path, tiny_onnx: Path) -> None:
+    """An export from before the MaxLogit output: same score, labels and MSP; its extras lack "maxlogit"."""
+    old = onnx.load(str(tiny_onnx))
+    kept = [o for o in old.graph.output if o.name != "maxlogit_score"]
+    assert len(kept) == len(old.graph.output) - 1
+    del old.graph.output[:]
+    old.graph.output.extend(kept)
+    path = tmp_path / "before_maxlogit.onnx"
+    onnx.save(old, str(path))
+    image = np.random.default_rng(6).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    before = load_model(path, "onnxruntime", "cpu").infer(image)
+    now = load_model(tiny_onnx, "onnxruntime", "cpu").infer(image)
+    assert set(before.extras) == {"msp"}
+    np.testing.assert_array_equal(before.anomaly_score, now.anomaly_score)
+    np.testing.assert_array_equal(before.semantic_labels, now.semantic_labels)
+    np.testing.assert_array_equal(before.extras["msp"], now.extras["msp"])
+
+
 def test_ort_options(tiny_onnx: Path) -> None:
     model = load_model(tiny_onnx, "onnxruntime", "cpu", threads=1, graph_optimization="basic")
     assert model.describe()["threads"] == "1" and model.device == "cpu"

@@ -39,7 +39,8 @@ def test_fused_graph_io_checker_and_metadata(tiny_onnx: Path, tiny_checkpoint: P
     assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     outs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
     assert outs == {"anomaly_score": onnx.TensorProto.FLOAT, "semantic_labels": onnx.TensorProto.UINT8,
-                    "msp_score": onnx.TensorProto.FLOAT}
+                    "msp_score": onnx.TensorProto.FLOAT, "maxlogit_score": onnx.TensorProto.FLOAT}
+    assert [o.name for o in model.graph.output] == ["anomaly_score", "semantic_labels", "msp_score", "maxlogit_score"]
     meta = _metadata(tiny_onnx)
     _, ckpt_meta, raw = model_from_checkpoint(tiny_checkpoint)
     assert meta.class_names == ckpt_meta.class_names
@@ -48,12 +49,14 @@ def test_fused_graph_io_checker_and_metadata(tiny_onnx: Path, tiny_checkpoint: P
     assert meta.preprocess == ckpt_meta.preprocess and meta.model_config == ckpt_meta.model_config
     assert meta.export["form"] == "fused" and meta.export["dynamic"] is True
     assert meta.export["dtype"] == "float32" and meta.export["output_resolution"] == "input"
+    assert set(meta.export["outputs"]) == set(outs)
     assert meta.export["opset"] >= 17 and len(meta.export["checkpoint_sha256"]) == 64
     assert Path(meta.source_checkpoint) == tiny_checkpoint.resolve()
 
 
 @pytest.mark.parametrize("size", [(96, 64), (200, 120), (57, 64)])
-def test_parity_fp32_at_several_input_sizes(tiny_onnx: Path, tiny_checkpoint: Path, size: tuple[int, int]) -> None:
+def test_parity_fp32_at_several_input_sizes(tiny_onnx: Path, tiny_checkpoint: Path, size: tuple[int, int],
+                                            check_maxlogit) -> None:
     image = np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     ref_score, ref_labels, ref_msp = _torch_out(tiny_checkpoint, image)
     score, labels, extras = OrtModel(tiny_onnx, device="cpu")._run(image)
@@ -62,6 +65,7 @@ def test_parity_fp32_at_several_input_sizes(tiny_onnx: Path, tiny_checkpoint: Pa
     assert np.abs(score - ref_score).max() <= 1e-4 * np.abs(ref_score).max()
     assert (labels == ref_labels).mean() > 0.999
     assert extras["msp"].shape == score.shape and np.abs(extras["msp"] - ref_msp).max() < 1e-4
+    check_maxlogit(extras["maxlogit"], tiny_checkpoint, image)
 
 
 def test_fixed_size_network_resolution_export(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -77,7 +81,7 @@ def test_fixed_size_network_resolution_export(tiny_checkpoint: Path, tmp_path: P
         model._run(np.zeros((64, 96, 3), np.uint8))
 
 
-def test_separate_graphs_match_fused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_separate_graphs_match_fused(tiny_checkpoint: Path, tmp_path: Path, check_maxlogit) -> None:
     result = export_onnx(tiny_checkpoint, tmp_path / "m.onnx", ExportOptions(dynamic=True, separate=True))
     manifest = result.separate_manifest
     assert manifest is not None and manifest.name.endswith(".separate.json")
@@ -92,6 +96,8 @@ def test_separate_graphs_match_fused(tiny_checkpoint: Path, tmp_path: Path) -> N
         (a, la, ea), (b, lb, eb) = fused._run(image), separate._run(image)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(ea["msp"], eb["msp"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ea["maxlogit"], eb["maxlogit"], rtol=1e-5, atol=1e-5)
+        check_maxlogit(eb["maxlogit"], tiny_checkpoint, image)
         assert (la == lb).all()
 
 
@@ -120,7 +126,8 @@ def test_cli_export_with_parity(tiny_checkpoint: Path, tmp_path: Path, capsys: p
 
 
 @pytest.mark.parametrize("labels", ["nearest", "bilinear"])
-def test_label_modes_export_matches_torch_backend(tiny_checkpoint: Path, tmp_path: Path, labels: str) -> None:
+def test_label_modes_export_matches_torch_backend(tiny_checkpoint: Path, tmp_path: Path, labels: str,
+                                                  check_maxlogit) -> None:
     from dicnet_ros.inference import load_model
 
     result = export_onnx(tiny_checkpoint, tmp_path / "n.onnx", ExportOptions(labels=labels, input_size=(150, 100),
@@ -131,6 +138,8 @@ def test_label_modes_export_matches_torch_backend(tiny_checkpoint: Path, tmp_pat
     b = load_model(result.onnx_path, "torch", "cpu").infer(image)  # mimics the export's label mode
     assert (a.semantic_labels == b.semantic_labels).all()
     assert np.abs(a.anomaly_score - b.anomaly_score).max() <= 1e-4 * np.abs(b.anomaly_score).max()
+    for result in (a, b):
+        check_maxlogit(result.extras["maxlogit"], tiny_checkpoint, image, labels)
 
 
 def test_score_smoothing_exports_with_parity(tmp_path: Path) -> None:

@@ -234,7 +234,9 @@ def test_bad_messages_are_skipped_and_counted(main_node: tuple, harness: Harness
                 if status.name.startswith("/cam_main/anomaly_node") and int(values.get("dropped_bad", 0)) >= 4:
                     assert values["backend"] == "onnxruntime" and values["device"] == "cpu"
                     assert {"fps", "latency_p50_ms", "latency_p95_ms", "inference_p50_ms", "dropped_stale",
-                            "dropped_queue", "dropped_too_old", "model"} <= set(values)
+                            "dropped_queue", "dropped_too_old", "model", "dropped_undelivered", "dropped_too_large",
+                            "input_reliability", "dds_profile"} <= set(values)
+                    assert values["precision"] == "fp32"  # the tiny model is an FP32 export
                     return True
         return False
 

@@ -1,4 +1,4 @@
-"""`dicnet export`: a checkpoint -> ONE ONNX graph (uint8 image in, anomaly score + class ids out).
+"""`dicnet export`: a checkpoint -> ONE ONNX graph (uint8 image in, anomaly score + class ids + baselines out).
 
 Preprocessing (resize to the fixed network size, normalise, pad) and the score/upsampling are traced from the
 same torch functions the training and the torch backend use, so no runtime re-implements them. The network
@@ -37,13 +37,14 @@ from torch import nn
 
 from dicnet_ros.metadata import METADATA_KEY, ModelMetadata
 from dicnet_ros.model.checkpoint import model_from_checkpoint
-from dicnet_ros.model.dicnet import LABEL_MODES, DiCNet
+from dicnet_ros.model.dicnet import LABEL_MODES, DiCNet, DiCNetOutput
 from dicnet_ros.preprocessing import parse_size
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("anomaly_score", "semantic_labels", "msp_score")
+OUTPUT_NAMES = ("anomaly_score", "semantic_labels", "msp_score", "maxlogit_score")
+GraphOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # in OUTPUT_NAMES order
 SEPARATE_FORMAT = "dicnet-separate/1"
 MIN_OPSET = 17
 FP32_PARITY_RTOL = 1e-4
@@ -56,8 +57,14 @@ class ExportError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- wrappers
+def graph_outputs(out: DiCNetOutput) -> GraphOutputs:
+    """The maps a graph returns, in ``OUTPUT_NAMES`` order: the fused and the score graph stay alike."""
+    return out.anomaly_score, out.semantic_labels.to(torch.uint8), out.msp_score, out.maxlogit_score
+
+
 class FusedGraph(nn.Module):
-    """image uint8 (N, H, W, 3) -> anomaly_score float32, semantic_labels uint8, msp_score float32 (N, H', W').
+    """image uint8 (N, H, W, 3) -> anomaly_score float32, semantic_labels uint8, msp_score float32,
+    maxlogit_score float32 (N, H', W').
 
     fp32 calls ``DiCNet.forward`` itself (the one definition); fp16 runs the two branches in half precision
     and post-processes in fp32 with the same ``DiCNet.outputs``, so input stays uint8 and the score float32.
@@ -70,7 +77,7 @@ class FusedGraph(nn.Module):
         self.fp16 = fp16
         self.labels = labels
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> GraphOutputs:
         m = self.model
         if not self.fp16:
             out = m(image, network_resolution=self.network_resolution, labels=self.labels)
@@ -80,7 +87,7 @@ class FusedGraph(nn.Module):
             s = m.student(x)
             size = None if self.network_resolution else tuple(image.shape[1:3])
             out = m.outputs(t.feature.float(), s.float(), t.logits, size, self.labels)
-        return out.anomaly_score, out.semantic_labels.to(torch.uint8), out.msp_score
+        return graph_outputs(out)
 
 
 class TeacherGraph(nn.Module):
@@ -121,10 +128,9 @@ class ScoreGraph(nn.Module):
         self.labels = labels
 
     def forward(self, teacher_feature: torch.Tensor, student_feature: torch.Tensor, teacher_logits: torch.Tensor,
-                image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                image: torch.Tensor) -> GraphOutputs:
         size = None if self.network_resolution else tuple(image.shape[1:3])
-        out = self.model.outputs(teacher_feature, student_feature, teacher_logits, size, self.labels)
-        return out.anomaly_score, out.semantic_labels.to(torch.uint8), out.msp_score
+        return graph_outputs(self.model.outputs(teacher_feature, student_feature, teacher_logits, size, self.labels))
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -255,7 +261,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
         "labels": opts.labels,
         "inputs": {INPUT_NAME: "uint8 (N, H, W, 3) RGB"},
         "outputs": {"anomaly_score": "float32 (N, H, W)", "semantic_labels": "uint8 (N, H, W)",
-                    "msp_score": "float32 (N, H, W), 1 - max softmax of the teacher (baseline)"},
+                    "msp_score": "float32 (N, H, W), 1 - max softmax of the teacher (baseline)",
+                    "maxlogit_score": "float32 (N, H, W), -max logit of the teacher (MaxLogit baseline)"},
         "checkpoint_sha256": _sha256(checkpoint),
         "torch_version": torch.__version__,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -11,7 +11,8 @@ Ground-truth topic encoding (``sensor_msgs/Image``, ``mono8``, same header as th
 
 It stays raw (lossless) even when the camera topic is compressed. ``make_bag`` stores the dataset spec (class
 names, anomaly ids, ignore id) and the topic names as JSON in the bag's ``metadata.yaml`` ``custom_data``
-(keys ``dicnet.*``), so ``bag-eval`` finds the ground-truth topic by itself.
+(keys ``dicnet.*``), so ``bag-eval`` finds the ground-truth topic by itself; for simulator data also which
+anomaly families each frame shows (``dicnet.frame_families``), so ``bag-eval`` reports per family.
 
 Evaluating the node with a bag (recipe; details in ``docs/bag_evaluation.md``)::
 
@@ -31,14 +32,18 @@ end, so a failed or interrupted run never leaves a result that looks complete.
 The package is split by job; this ``__init__`` only re-exports the public names, so ``from dicnet_ros.bag
 import X`` keeps working: :mod:`~dicnet_ros.bag.messages` (type names, GT mask values, errors, message
 construction and decoding), :mod:`~dicnet_ros.bag.read`, :mod:`~dicnet_ros.bag.write` (``make_bag``, atomic
-outputs), :mod:`~dicnet_ros.bag.evaluate` (``evaluate_bag``), :mod:`~dicnet_ros.bag.report` (report, plots),
+outputs), :mod:`~dicnet_ros.bag.families` (per-frame anomaly families in the bag's metadata),
+:mod:`~dicnet_ros.bag.evaluate` (``evaluate_bag``), :mod:`~dicnet_ros.bag.accumulate` (pairing by stamp, metrics
+per method and family), :mod:`~dicnet_ros.bag.report` (report, plots),
 :mod:`~dicnet_ros.bag.play` (rclpy player / recorder) and :mod:`~dicnet_ros.bag.cli` (``dicnet make-bag`` /
 ``dicnet bag-eval``).
 """
 
 from rosbags.rosbag2.errors import WriterError
 
-from dicnet_ros.bag.evaluate import EvalResult, MetricsAccumulator, StampMatcher, evaluate_bag
+from dicnet_ros.bag.accumulate import MetricsAccumulator, StampMatcher
+from dicnet_ros.bag.evaluate import EvalResult, evaluate_bag
+from dicnet_ros.bag.families import FRAME_FAMILIES_KEY, MIXED, frame_groups
 from dicnet_ros.bag.messages import (
     BAG_VERSION,
     CAMERA_INFO_TYPE,
@@ -94,6 +99,7 @@ __all__ = [
     "COMPRESSED_TYPE",
     "CUSTOM_PREFIX",
     "DEFAULT_NAMESPACE",
+    "FRAME_FAMILIES_KEY",
     "GT_ANOMALY",
     "GT_ENCODING_DOC",
     "GT_IGNORE",
@@ -101,6 +107,7 @@ __all__ = [
     "IMAGE_ENCODINGS",
     "IMAGE_TYPE",
     "IMAGE_TYPES",
+    "MIXED",
     "STORAGES",
     "STORAGE_ERRORS",
     "TEXT_LIMIT",
@@ -129,6 +136,7 @@ __all__ = [
     "evaluate_bag",
     "format_pct",
     "format_stamp",
+    "frame_groups",
     "gt_mask_from_labels",
     "image_msg_rgb",
     "iter_images",

@@ -95,6 +95,10 @@ def _bag_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="namespace of the output topics")
     parser.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the model's)")
     parser.add_argument("--strip-frames", type=int, default=4, help="frames in the qualitative strip")
+    parser.add_argument("--families-from", default=None,
+                        help="bag whose metadata says which anomaly families each frame shows (default: --bag's "
+                             "own, as make-bag records it for simulator data), e.g. the drive a recorded node run "
+                             "replayed")
 
 
 def run_for(name: str, args: argparse.Namespace) -> int:
@@ -125,6 +129,9 @@ def _make_bag(args: argparse.Namespace) -> int:
     )
     topics = ", ".join(f"{t} ({m})" for t, m in result.topics.items())
     print(f"wrote {result.path}: {result.num_frames} frames at {args.rate:g} Hz; topics {topics}")
+    if result.frame_families:
+        print(f"  anomaly families of {len(result.frame_families)} frames recorded in the metadata (per-family "
+              "bag-eval)")
     return 0
 
 
@@ -146,6 +153,7 @@ def _bag_eval(args: argparse.Namespace) -> int:
             score_topic=args.score_topic, out_bag_name=args.out_bag, storage=args.storage,
             namespace=args.namespace, threshold=args.threshold, overwrite=args.overwrite,
             strip_frames=args.strip_frames, write_bag=not args.no_out_bag, progress=not args.no_progress,
+            families_from=args.families_from,
         )
     finally:
         if model is not None:
@@ -157,6 +165,10 @@ def _bag_eval(args: argparse.Namespace) -> int:
             m = dicnet[proto]
             print(f"  DiCNet {proto:9s} AUROC {format_pct(m.get('auroc'))}  AUPR {format_pct(m.get('aupr'))}  "
                   f"FPR95 {format_pct(m.get('fpr95'))}")
+    by_family = (result.metrics or {}).get("by_family")
+    if by_family:
+        print("  per family (frames): " + ", ".join(f"{g} {r['num_frames']}" for g, r in by_family.items())
+              + "; see report.md")
     lat = result.latency["inference"]
     if lat["count"]:
         print(f"  inference p50 {lat['p50_ms']:.2f} ms, p95 {lat['p95_ms']:.2f} ms, {lat['fps']:.1f} FPS")

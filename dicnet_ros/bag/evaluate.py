@@ -1,7 +1,8 @@
 """``evaluate_bag``: one streaming pass over a bag that runs a model on every camera frame (or reads a recorded
-32FC1 score topic), writes the output bag, pairs score maps with ground-truth masks by header stamp
-(``StampMatcher``), accumulates the metrics (``MetricsAccumulator``) and writes metrics.json, report.md and the
-plots into an output directory that appears atomically at the end.
+32FC1 score topic and the recorded baseline maps beside it), writes the output bag, pairs score maps with
+ground-truth masks by header stamp (``StampMatcher``), accumulates the metrics overall and per anomaly family
+(``MetricsAccumulator``, :mod:`dicnet_ros.bag.accumulate`) and writes metrics.json, report.md and the plots into
+an output directory that appears atomically at the end.
 """
 
 from __future__ import annotations
@@ -11,23 +12,21 @@ import json
 import logging
 import math
 import time
-from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rosbags.interfaces import Connection
-from rosbags.rosbag2 import Writer
+from rosbags.rosbag2 import Reader, Writer
 
+from dicnet_ros.bag.accumulate import BASELINE_TOPIC_NAMES, DICNET, MetricsAccumulator, StampMatcher
+from dicnet_ros.bag.families import FRAME_FAMILIES_KEY, encode_frame_families, frame_groups
 from dicnet_ros.bag.messages import (
     BAG_VERSION,
     CUSTOM_PREFIX,
     DEFAULT_NAMESPACE,
-    GT_ANOMALY,
     GT_ENCODING_DOC,
-    GT_IGNORE,
     IMAGE_TYPE,
     IMAGE_TYPES,
     STORAGES,
@@ -61,78 +60,36 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------------ bag-eval
 
+@dataclass
+class StreamTopics:
+    """What the streaming pass reads: the camera (or recorded score) topic, the ground truth, and in
+    ``--score-topic`` mode the recorded baseline maps the bag has."""
 
-class StampMatcher:
-    """Pairs score maps with ground-truth masks by header stamp, whichever arrives first (bounded memory)."""
-
-    def __init__(self, max_pending: int = 256) -> None:
-        self.max_pending = max_pending
-        self.pending: dict[str, OrderedDict[int, Any]] = {"score": OrderedDict(), "gt": OrderedDict()}
-        self.dropped = {"score": 0, "gt": 0}
-
-    def add(self, kind: str, stamp: int, payload: Any) -> tuple[Any, Any] | None:
-        """Store ``payload`` ('score' or 'gt'); return (score, gt) once both halves of ``stamp`` are in."""
-        other = "gt" if kind == "score" else "score"
-        if stamp in self.pending[other]:
-            match = self.pending[other].pop(stamp)
-            return (payload, match) if kind == "score" else (match, payload)
-        queue = self.pending[kind]
-        queue[stamp] = payload
-        if len(queue) > self.max_pending:
-            queue.popitem(last=False)
-            self.dropped[kind] += 1
-        return None
-
-    def unmatched(self) -> dict[str, int]:
-        """Frames that never found a partner (dropped + still pending)."""
-        return {k: self.dropped[k] + len(self.pending[k]) for k in self.pending}
+    main: str
+    main_type: str
+    main_ids: set[int]
+    total: int
+    gt: str = ""
+    gt_ids: set[int] = field(default_factory=set)
+    expected_gt: int = 0
+    baselines: dict[str, tuple[str, set[int], int]] = field(default_factory=dict)  # method -> (topic, ids, count)
 
 
-class MetricsAccumulator:
-    """One AnomalyEvaluator per score map (DiCNet, MSP if the model has it) + mask counts at the threshold."""
-
-    def __init__(self, score_range: tuple[float, float]) -> None:
-        self.score_range = score_range
-        self.evaluators: dict[str, Any] = {}
-        self.mask_counts = np.zeros(4, np.int64)  # tp, fp, fn, tn of the thresholded DiCNet mask
-        self.has_mask = False
-
-    def update(self, scores: Mapping[str, np.ndarray], gt: np.ndarray, mask: np.ndarray | None = None) -> None:
-        """Add one frame; ``gt`` is the mono8 mask (255 anomaly / 0 normal / 128 ignore)."""
-        from dicnet_ros.metrics import AnomalyEvaluator
-
-        for name, score in scores.items():
-            if score.shape != gt.shape:
-                raise BagError(f"{name} score map is {score.shape[1]}x{score.shape[0]} but the ground truth is "
-                               f"{gt.shape[1]}x{gt.shape[0]}")
-            if name not in self.evaluators:
-                rng = self.score_range if name == "dicnet" else (0.0, 1.0)
-                self.evaluators[name] = AnomalyEvaluator(
-                    anomaly_ids=(GT_ANOMALY,), ignore_ids=(GT_IGNORE,), score_range=rng,
-                    keep_exact_pooled=True, per_image=True,
-                )
-            self.evaluators[name].update(score, gt)
-        if mask is not None:
-            self.has_mask = True
-            valid = gt != GT_IGNORE
-            pos, pred = (gt == GT_ANOMALY)[valid], mask[valid]
-            self.mask_counts += [np.count_nonzero(pos & pred), np.count_nonzero(~pos & pred),
-                                 np.count_nonzero(pos & ~pred), np.count_nonzero(~pos & ~pred)]
-
-    def compute(self) -> dict[str, Any]:
-        """{'dicnet': evaluator.compute(), 'msp': ... or None, 'mask_at_threshold': {...}}."""
-        out: dict[str, Any] = {name: ev.compute() for name, ev in self.evaluators.items()}
-        out.setdefault("msp", None)
-        if self.has_mask:
-            tp, fp, fn, tn = (int(x) for x in self.mask_counts)
-            out["mask_at_threshold"] = {
-                "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-                "precision": tp / (tp + fp) if tp + fp else None,
-                "recall": tp / (tp + fn) if tp + fn else None,
-                "fpr": fp / (fp + tn) if fp + tn else None,
-                "iou": tp / (tp + fp + fn) if tp + fp + fn else None,
-            }
-        return out
+def recorded_baselines(reader: Reader, score_topic: str) -> dict[str, tuple[str, set[int], int]]:
+    """The baseline topics (``BASELINE_TOPIC_NAMES``) beside ``score_topic`` that the bag has as Image."""
+    namespace = score_topic.rpartition("/")[0]
+    found: dict[str, tuple[str, set[int], int]] = {}
+    for method, name in BASELINE_TOPIC_NAMES.items():
+        topic = f"{namespace}/{name}"
+        info = reader.topics.get(topic)
+        if info is None or topic == score_topic:
+            continue
+        if info.msgtype != IMAGE_TYPE:
+            log.warning("%s carries %s, not %s: %s is not evaluated", bounded(topic), bounded(str(info.msgtype)),
+                        IMAGE_TYPE, method)
+            continue
+        found[method] = (topic, {c.id for c in info.connections}, sum(c.msgcount for c in info.connections))
+    return found
 
 
 @dataclass
@@ -162,13 +119,19 @@ def evaluate_bag(
     strip_frames: int = 4,
     write_bag: bool = True,
     progress: bool = True,
+    families_from: str | Path | None = None,
 ) -> EvalResult:
     """Run ``model`` over every frame of ``image_topic`` (streamed), write the output bag and the report.
 
     ``bag`` is the rosbag2 folder, its metadata.yaml or a storage file in it. ``model`` is an ``AnomalyModel``
-    (or a path for ``load_model``). Alternatively ``score_topic`` names a 32FC1 score topic already in the bag
-    (e.g. recorded from the node), evaluated against ``gt_topic`` by header stamp without running any model.
-    The whole ``out_dir`` appears atomically at the end.
+    (or a path for ``load_model``); the baseline maps in its ``InferenceResult.extras`` (MSP, MaxLogit) are
+    evaluated beside DiCNet. Alternatively ``score_topic`` names a 32FC1 score topic already in the bag (e.g.
+    recorded from the node), evaluated against ``gt_topic`` by header stamp without running any model, with the
+    ``msp_score`` / ``maxlogit_score`` topics beside it if the bag has them. The whole ``out_dir`` appears
+    atomically at the end.
+
+    Per anomaly family: the frame families ``make_bag`` stored in the bag's metadata (or in the metadata of
+    ``families_from``, e.g. the drive a recorded node run replayed) group the frames (``families`` module).
 
     A bad frame (undecodable message, image data shorter than step x height, unsupported encoding, ground truth
     of another size) stops the run with a ``BagError`` that names the topic, the frame's index on it and its
@@ -184,6 +147,8 @@ def evaluate_bag(
     if storage is not None and storage not in STORAGES:
         raise ValueError(f"unknown storage {storage!r}; use one of {', '.join(STORAGES)}")
     info = bag_dataset_info(bag)
+    family_info = bag_dataset_info(families_from) if families_from is not None else info
+    groups = frame_groups(family_info)
     image_topic = image_topic or info.get("image_topic") or None
     if gt_topic is None and info.get("gt_topic"):
         gt_topic = str(info["gt_topic"])
@@ -196,8 +161,11 @@ def evaluate_bag(
         else:
             main_conns, main_type = require_topic(reader, score_topic, (IMAGE_TYPE,))
         gt_conns = require_topic(reader, gt_topic, (IMAGE_TYPE,))[0] if gt_topic else []
-        total = sum(c.msgcount for c in main_conns)
-        expected_gt = sum(c.msgcount for c in gt_conns)
+        topics = StreamTopics(
+            image_topic if score_topic is None else score_topic, main_type, {c.id for c in main_conns},
+            sum(c.msgcount for c in main_conns), gt_topic or "", {c.id for c in gt_conns},
+            sum(c.msgcount for c in gt_conns), recorded_baselines(reader, score_topic) if score_topic else {},
+        )
     if isinstance(model, str | Path):
         from dicnet_ros.inference import load_model
 
@@ -207,19 +175,23 @@ def evaluate_bag(
     storage = storage or _storage_of(bag)
     score_range = model.metadata.score_range if model is not None else (0.0, 1.0)
     ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    out_custom = {"source_bag": json.dumps(str(bag.resolve()))}
+    if groups:  # so a --score-topic evaluation of the output bag reports per family too
+        out_custom[FRAME_FAMILIES_KEY] = encode_frame_families(family_info[FRAME_FAMILIES_KEY])
     with staged_output(out_dir, overwrite) as staged:
         staged.mkdir(parents=True)
         out_bag = staged / (out_bag_name or f"{location.name or 'bag'}_dicnet")
         result = _evaluate_stream(
-            bag, staged, out_bag if write_bag and model is not None else None, storage, ns, model, main_type,
-            {c.id for c in main_conns}, {c.id for c in gt_conns}, total, expected_gt, score_range, strip_frames,
-            progress, image_topic if score_topic is None else score_topic, gt_topic or "",
+            bag, staged, out_bag if write_bag and model is not None else None, storage, ns, model, topics,
+            MetricsAccumulator(score_range, groups), strip_frames, progress, out_custom,
         )
         meta = {
             "bag": str(bag.resolve()),
             "image_topic": image_topic,
             "score_topic": score_topic,
+            "baseline_topics": {method: topic for method, (topic, _, _) in topics.baselines.items()},
             "gt_topic": gt_topic,
+            "families_from": str(Path(families_from).resolve()) if families_from is not None else None,
             "model": model.describe() if model is not None else None,
             "threshold": model.threshold if model is not None else None,
             "score_range": list(score_range),
@@ -243,67 +215,84 @@ def _json_default(value: Any) -> Any:
 
 
 def _evaluate_stream(
-    bag: Path, staged: Path, out_bag: Path | None, storage: str, ns: str, model: Any, main_type: str,
-    main_ids: set[int], gt_ids: set[int], total: int, expected_gt: int, score_range: tuple[float, float],
-    strip_frames: int, progress: bool, main_topic: str, gt_topic: str,
+    bag: Path, staged: Path, out_bag: Path | None, storage: str, ns: str, model: Any, topics: StreamTopics,
+    acc: MetricsAccumulator, strip_frames: int, progress: bool, out_custom: dict[str, str],
 ) -> dict[str, Any]:
     """The single streaming pass: copy input, infer, write outputs, pair with GT, accumulate metrics.
 
-    Any ``BagError`` about one message is re-raised naming its topic, index and stamp (``about_frame``).
+    Every score stream (the model's maps, or the recorded score topic and each recorded baseline topic) is
+    paired with the ground truth by its own ``StampMatcher``. Any ``BagError`` about one message is re-raised
+    naming its topic, index and stamp (``about_frame``).
     """
     from tqdm import tqdm
 
     from dicnet_ros.visualization import colorize_score, overlay
 
     ts = typestore()
-    matcher = StampMatcher()
-    acc = MetricsAccumulator(score_range)
-    strip = _Strip(total, strip_frames)
+    matchers = {DICNET: StampMatcher(), **{method: StampMatcher() for method in topics.baselines}}
+    baseline_of = {cid: method for method, (_, ids, _) in topics.baselines.items() for cid in ids}
+    baseline_seen = dict.fromkeys(topics.baselines, 0)
+    strip = _Strip(topics.total, strip_frames)
     infer_ms: list[float] = []
     frame_ms: list[float] = []
     frames = gt_seen = 0
-    lo, hi = model.metadata.display_range if model is not None else score_range  # colours for people
+    lo, hi = model.metadata.display_range if model is not None else acc.score_range  # colours for people
     with contextlib.ExitStack() as stack:
         writer = None
         out_conns: dict[str, Connection] = {}
         if out_bag is not None:
             writer = stack.enter_context(Writer(out_bag, version=BAG_VERSION, storage_plugin=STORAGES[storage]))
-            writer.set_custom_data(CUSTOM_PREFIX + "source_bag", json.dumps(str(bag.resolve())))
+            for key, value in out_custom.items():
+                writer.set_custom_data(CUSTOM_PREFIX + key, value)
         reader = stack.enter_context(open_bag(bag))
         conn_map: dict[int, Connection] = {}
         if writer is not None:
             conn_map = {c.id: _add_conn(writer, c) for c in reader.connections}
             for name in ("anomaly_score", "anomaly_mask", "overlay"):
                 out_conns[name] = writer.add_connection(f"{ns}/{name}", IMAGE_TYPE, typestore=ts)
-        bar = stack.enter_context(tqdm(total=total, desc=f"bag-eval {bag.name}", unit="frame", disable=not progress))
+        bar = stack.enter_context(tqdm(total=topics.total, desc=f"bag-eval {bag.name}", unit="frame",
+                                       disable=not progress))
         for conn, timestamp, raw in iter_raw(reader):
             if writer is not None:
                 writer.write(conn_map[conn.id], timestamp, raw)
-            if conn.id in gt_ids:
-                with about_frame(gt_topic, gt_seen):
+            if conn.id in topics.gt_ids:
+                with about_frame(topics.gt, gt_seen):
                     gt_msg = deserialize(raw, IMAGE_TYPE)
                 stamp = stamp_to_ns(gt_msg.header.stamp)
-                with about_frame(gt_topic, gt_seen, stamp):
+                with about_frame(topics.gt, gt_seen, stamp):
                     gt = decode_gt_mask(gt_msg)
                     strip.add_gt(stamp, gt)
-                    pair = matcher.add("gt", stamp, gt)
-                    if pair is not None:
-                        acc.update(pair[0][0], pair[1], pair[0][1])
+                    for matcher in matchers.values():
+                        pair = matcher.add("gt", stamp, gt)
+                        if pair is not None:
+                            acc.update(pair[0][0], pair[1], pair[0][1], stamp)
                 gt_seen += 1
-            if conn.id not in main_ids:
+            if conn.id in baseline_of:
+                method = baseline_of[conn.id]
+                topic, index = topics.baselines[method][0], baseline_seen[method]
+                with about_frame(topic, index):
+                    msg = deserialize(raw, IMAGE_TYPE)
+                stamp = stamp_to_ns(msg.header.stamp)
+                with about_frame(topic, index, stamp):
+                    baseline = _decode_score(msg)
+                    pair = matchers[method].add("score", stamp, ({method: baseline}, None)) if topics.gt_ids else None
+                    if pair is not None:
+                        acc.update(pair[0][0], pair[1], pair[0][1], stamp)
+                baseline_seen[method] += 1
+            if conn.id not in topics.main_ids:
                 continue
             start = time.perf_counter()
-            with about_frame(main_topic, frames):
-                msg = deserialize(raw, main_type)
+            with about_frame(topics.main, frames):
+                msg = deserialize(raw, topics.main_type)
             stamp, frame_id = stamp_to_ns(msg.header.stamp), msg.header.frame_id
             if model is not None:
-                with about_frame(main_topic, frames, stamp):
-                    rgb = image_msg_rgb(msg, main_type)
+                with about_frame(topics.main, frames, stamp):
+                    rgb = image_msg_rgb(msg, topics.main_type)
                 res = model.infer(rgb)
                 infer_ms.append(float(res.timings_ms.get("inference", res.timings_ms.get("total", math.nan))))
                 score = np.asarray(res.anomaly_score, np.float32)
                 mask = np.asarray(res.anomaly_mask, bool)
-                scores = {"dicnet": score, **{k: np.asarray(v, np.float32) for k, v in res.extras.items()}}
+                scores = {DICNET: score, **{k: np.asarray(v, np.float32) for k, v in res.extras.items()}}
                 over = overlay(rgb, mask)  # mask tint: the score itself is on anomaly_score
                 if writer is not None:
                     for name, arr, enc in (("anomaly_score", score, "32FC1"),
@@ -315,31 +304,34 @@ def _evaluate_stream(
                     strip.add(frames, stamp, {"image": rgb, "score": colorize_score(score, lo, hi), "overlay": over})
                 frame_ms.append((time.perf_counter() - start) * 1e3)
             else:
-                with about_frame(main_topic, frames, stamp):
+                with about_frame(topics.main, frames, stamp):
                     score = _decode_score(msg)
                 mask = None
-                scores = {"dicnet": score}
+                scores = {DICNET: score}
                 if frames in strip.wanted:
                     strip.add(frames, stamp, {"score": colorize_score(score, lo, hi)})
             frames += 1
             bar.update(1)
-            if gt_ids:
-                pair = matcher.add("score", stamp, (scores, mask))
+            if topics.gt_ids:
+                pair = matchers[DICNET].add("score", stamp, (scores, mask))
                 if pair is not None:
-                    with about_frame(main_topic, frames - 1, stamp):
-                        acc.update(pair[0][0], pair[1], pair[0][1])
-    if frames != total or gt_seen != expected_gt:
+                    with about_frame(topics.main, frames - 1, stamp):
+                        acc.update(pair[0][0], pair[1], pair[0][1], stamp)
+    short = [f"{seen} of {topics.baselines[m][2]} messages on {bounded(topics.baselines[m][0])}"
+             for m, seen in baseline_seen.items() if seen != topics.baselines[m][2]]
+    if frames != topics.total or gt_seen != topics.expected_gt or short:
         raise CorruptBagError(
-            f"bag {bag} ended early: read {frames} of {total} frames on {bounded(main_topic)}"
-            + (f" and {gt_seen} of {expected_gt} ground-truth masks" if gt_ids else "")
+            f"bag {bag} ended early: read {frames} of {topics.total} frames on {bounded(topics.main)}"
+            + (f" and {gt_seen} of {topics.expected_gt} ground-truth masks" if topics.gt_ids else "")
+            + "".join(f" and {s}" for s in short)
             + " (truncated recording?)"
         )
     if out_bag is not None:
         add_mcap_chunk_crcs(out_bag)
-    metrics = acc.compute() if gt_ids else None
-    unmatched = matcher.unmatched() if gt_ids else {"score": 0, "gt": 0}
-    evaluated = acc.evaluators["dicnet"].compute()["num_images"] if metrics and "dicnet" in acc.evaluators else 0
-    if gt_ids and unmatched["score"]:
+    metrics = acc.compute() if topics.gt_ids else None
+    unmatched = matchers[DICNET].unmatched() if topics.gt_ids else {"score": 0, "gt": 0}
+    evaluated = metrics[DICNET]["num_images"] if metrics and DICNET in acc.evaluators else 0
+    if topics.gt_ids and unmatched["score"]:
         log.warning("%d frames had no ground-truth mask with the same header stamp", unmatched["score"])
     plots: list[str] = []
     if metrics is not None and acc.evaluators:

@@ -1,6 +1,7 @@
-"""What a bag evaluation shows people: the Markdown report (metrics of both protocols, latency, files), the
-latency summary, the ROC / precision-recall curves and the qualitative strip (image | GT | score | overlay).
-matplotlib is imported only inside the plotting functions.
+"""What a bag evaluation shows people: the Markdown report (metrics of both protocols for DiCNet and the
+baselines, overall and per anomaly family, latency, files), the latency summary, the ROC / precision-recall
+curves and the qualitative strip (image | GT | score | overlay). matplotlib is imported only inside the plotting
+functions.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from dicnet_ros.bag.accumulate import BASELINE_TOPIC_NAMES, BASELINES, DICNET, METHOD_LABELS, METHODS
 from dicnet_ros.bag.messages import GT_ANOMALY, GT_ENCODING_DOC, GT_IGNORE
 
 # ------------------------------------------------------------------------------------------ report & plots
@@ -21,12 +23,59 @@ def format_pct(value: Any) -> str:
     return "n/a" if value is None else f"{100.0 * float(value):.2f}"
 
 
+def _metric_rows(lead: Sequence[str], results: Mapping[str, Any]) -> list[str]:
+    """Table rows (both protocols) of every method in ``results`` that has a result, after the ``lead`` cells."""
+    rows = []
+    for name in METHODS:
+        if results.get(name) is None and name != DICNET:
+            continue
+        for proto in ("per_image", "pooled"):
+            vals = (results.get(name) or {}).get(proto, {})
+            rows.append("| " + " | ".join([*lead, METHOD_LABELS[name], proto.replace("_", "-"),
+                                           format_pct(vals.get("auroc")), format_pct(vals.get("aupr")),
+                                           format_pct(vals.get("fpr95"))]) + " |")
+    return rows
+
+
+def _missing_baselines(meta: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[str]:
+    """One 'n/a' line per baseline without a result, saying why (no such model output / no recorded topic)."""
+    lines = []
+    for name in BASELINES:
+        if metrics.get(name) is not None:
+            continue
+        if meta.get("score_topic"):
+            why = f"the bag has no `{BASELINE_TOPIC_NAMES[name]}` topic beside the score topic"
+        else:
+            why = f"the model exposes no `{name}` score map; an older export? `dicnet export` adds it"
+        lines.append(f"{METHOD_LABELS[name]}: n/a ({why}).")
+    return lines
+
+
+def _family_table(by_family: Mapping[str, Any]) -> list[str]:
+    """The per-family section: one block of rows per group (families, then mixed)."""
+    lines = [
+        "", "## Per anomaly family", "",
+        "Frames whose visible anomalies all belong to one family (from the simulator's manifest, recorded by "
+        "`make-bag`); *mixed* = frames with anomalies of several families. Frames without family information "
+        "count only in the overall numbers.",
+        "",
+        "| family | frames | method | protocol | AUROC ↑ | AUPR ↑ | FPR95 ↓ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for group, results in by_family.items():
+        lines += _metric_rows([group, str(results["num_frames"])], results)
+    return lines
+
+
 def render_report(meta: Mapping[str, Any]) -> str:
-    """Markdown report: metrics table (both protocols, DiCNet and MSP), latency, files."""
+    """Markdown report: metrics table (both protocols; DiCNet, MSP and MaxLogit), per anomaly family when the
+    bag says which family each frame shows, latency, files."""
     lines = ["# DiCNet bag evaluation", "", f"- bag: `{meta['bag']}`"]
     for key in ("image_topic", "score_topic", "gt_topic"):
         if meta.get(key):
             lines.append(f"- {key.replace('_', ' ')}: `{meta[key]}`")
+    for name, topic in (meta.get("baseline_topics") or {}).items():
+        lines.append(f"- {METHOD_LABELS.get(name, name)} topic: `{topic}`")
     if meta.get("model"):
         lines.append(f"- model: `{meta['model'].get('model')}` ({meta['model'].get('backend')}, "
                      f"{meta['model'].get('device')}), threshold {meta['threshold']:.6g}")
@@ -43,19 +92,17 @@ def render_report(meta: Mapping[str, Any]) -> str:
             "",
             "| method | protocol | AUROC ↑ | AUPR ↑ | FPR95 ↓ |",
             "|---|---|---|---|---|",
+            *_metric_rows([], metrics),
         ]
-        for name, label in (("dicnet", "DiCNet"), ("msp", "MSP")):
-            m = metrics.get(name)
-            for proto in ("per_image", "pooled"):
-                vals = m.get(proto, {}) if m else {}
-                lines.append(f"| {label} | {proto.replace('_', '-')} | {format_pct(vals.get('auroc'))} | "
-                             f"{format_pct(vals.get('aupr'))} | {format_pct(vals.get('fpr95'))} |")
-        if metrics.get("msp") is None:
-            lines += ["", "MSP: n/a (the model exposes no `msp` score map)."]
+        missing = _missing_baselines(meta, metrics)
+        if missing:
+            lines += ["", *missing]
         at = metrics.get("mask_at_threshold")
         if at:
             lines += ["", f"Mask at the threshold: precision {format_pct(at['precision'])}, recall "
                           f"{format_pct(at['recall'])}, FPR {format_pct(at['fpr'])}, IoU {format_pct(at['iou'])}."]
+        if metrics.get("by_family"):
+            lines += _family_table(metrics["by_family"])
     lat = meta.get("latency", {})
     lines += ["", "## Latency", "", "| stage | p50 ms | p95 ms | mean ms | FPS |", "|---|---|---|---|---|"]
     for stage, vals in lat.items():
@@ -120,7 +167,7 @@ def write_curves(evaluators: Mapping[str, Any], out_dir: Path) -> list[str]:
             tps, fps = curve.tps.astype(np.float64), curve.fps.astype(np.float64)
             tpr, fpr = tps / curve.num_positive, fps / curve.num_negative
             precision = tps / np.maximum(tps + fps, 1)
-            label = "DiCNet" if name == "dicnet" else name.upper()
+            label = METHOD_LABELS.get(name, name.upper())
             ax_roc.plot(np.r_[0, fpr], np.r_[0, tpr], label=label)
             ax_pr.plot(tpr, precision, label=label)
         ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8)

@@ -1,5 +1,6 @@
 """Writing bags and outputs: ``make_bag`` (dataset split -> camera drive with ground-truth masks; the mask
-topic is mono8, 255 = anomaly, 0 = normal, 128 = ignore), the staging that makes every output appear atomically
+topic is mono8, 255 = anomaly, 0 = normal, 128 = ignore; simulator data also gets each frame's anomaly families
+in the metadata, see :mod:`dicnet_ros.bag.families`), the staging that makes every output appear atomically
 (a hidden temporary directory beside the target, renamed into place only when the run succeeds), the chunk
 CRCs of the mcap files written here (``add_mcap_chunk_crcs``), and copying a connection into another bag.
 """
@@ -23,6 +24,7 @@ import cv2
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import Writer
 
+from dicnet_ros.bag.families import FRAME_FAMILIES_KEY, encode_frame_families
 from dicnet_ros.bag.messages import (
     BAG_VERSION,
     CAMERA_INFO_TYPE,
@@ -154,6 +156,7 @@ class MakeBagResult:
     topics: dict[str, str]  # name -> type
     start_ns: int
     stamps_ns: list[int] = field(default_factory=list)
+    frame_families: dict[int, tuple[str, ...]] = field(default_factory=dict)  # stamp -> visible anomaly families
 
 
 def make_bag(
@@ -177,11 +180,13 @@ def make_bag(
     """Write a dataset split as a camera drive: frame i is stamped ``t0 + i / rate`` on every topic.
 
     With ``compressed`` ('jpeg' or 'png') the camera goes to ``<image_topic>/compressed`` as CompressedImage;
-    the ground truth stays raw mono8 (see the module docstring for its values).
+    the ground truth stays raw mono8 (see the module docstring for its values). When the dataset has a
+    simulator manifest, the visible anomaly families of each frame go into the metadata (``families`` module).
     """
     from tqdm import tqdm
 
     from dicnet_ros.data import open_dataset
+    from dicnet_ros.data.sim.manifest import image_families
 
     if not (rate > 0 and math.isfinite(rate)):
         raise ValueError(f"--rate must be a positive number of frames per second, got {rate}")
@@ -195,6 +200,7 @@ def make_bag(
     check_output(out, overwrite)
     ds = open_dataset(dataset, split, kind=kind)
     spec = ds.spec
+    families_of_image = image_families(ds.root, split)
     count = len(ds) if limit is None else max(0, min(int(limit), len(ds)))
     if count == 0:
         raise ValueError(f"nothing to write: {dataset} split {split!r} has {len(ds)} images, limit {limit}")
@@ -209,6 +215,7 @@ def make_bag(
         raise ValueError(f"topic names must differ: {cam_topic}, {gt_topic}, {camera_info_topic}")
     ts = typestore()
     stamps: list[int] = []
+    frame_families: dict[int, tuple[str, ...]] = {}
     with staged_output(out, overwrite) as staged:
         writer = Writer(staged, version=BAG_VERSION, storage_plugin=STORAGES[storage])
         custom = {
@@ -229,6 +236,8 @@ def make_bag(
                 sample = ds[i]
                 stamp = t0 + round(i * 1e9 / rate)
                 stamps.append(stamp)
+                if families := families_of_image.get(Path(sample.path).resolve()):
+                    frame_families[stamp] = families
                 if compressed:
                     msg = rgb_to_bag_compressed(sample.image, compressed, stamp, frame_id)
                 else:
@@ -243,8 +252,10 @@ def make_bag(
                     h, w = sample.image.shape[:2]
                     writer.write(conns[camera_info_topic], stamp,
                                  ts.serialize_cdr(camera_info(w, h, stamp, frame_id), CAMERA_INFO_TYPE))
+            if frame_families:  # custom_data is written when the writer closes
+                writer.set_custom_data(CUSTOM_PREFIX + FRAME_FAMILIES_KEY, encode_frame_families(frame_families))
         add_mcap_chunk_crcs(staged)
-    return MakeBagResult(out, count, topics, t0, stamps)
+    return MakeBagResult(out, count, topics, t0, stamps, frame_families)
 
 
 def _add_conn(writer: Writer, conn: Connection) -> Connection:

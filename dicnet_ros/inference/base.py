@@ -31,7 +31,8 @@ class InferenceResult:
     anomaly_mask: np.ndarray  # (H, W) bool, score > threshold
     semantic_labels: np.ndarray | None  # (H, W) uint8 teacher class ids, if the model has them
     timings_ms: dict[str, float] = field(default_factory=dict)  # e.g. preprocess / inference / total
-    extras: dict[str, np.ndarray] = field(default_factory=dict)  # optional maps, e.g. "msp" (baseline score)
+    # optional baseline maps (higher = more anomalous) the model exports: "msp", "maxlogit"
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 RawOutputs = tuple  # (score, labels | None) or (score, labels | None, extras dict) from AnomalyModel._run

@@ -1,8 +1,8 @@
 """Model files as the runtimes see them: the fused ONNX or the separate teacher/student/score graphs.
 
 This module never imports torch: it finds the graph files, reads and checks the DiCNet metadata, and
-composes graph runners (ONNX Runtime sessions or TensorRT engines) into one ``image -> (score, labels)``
-call, so every ONNX-based backend handles both forms the same way.
+composes graph runners (ONNX Runtime sessions or TensorRT engines) into one ``image -> (score, labels, extras)``
+call, so every ONNX-based backend handles both forms, and the optional baseline outputs, the same way.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ SEPARATE_FORMAT = "dicnet-separate/1"
 SEPARATE_ROLES = ("teacher", "student", "score")
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_score", "semantic_labels")
-# optional outputs (graph name -> InferenceResult.extras key); older exports without them still load
-EXTRA_OUTPUTS = {"msp_score": "msp"}
+# optional outputs (graph name -> InferenceResult.extras key); older exports without them still load, and their
+# extras simply lack the key
+EXTRA_OUTPUTS = {"msp_score": "msp", "maxlogit_score": "maxlogit"}
 # role -> (input names, output names) every graph of that role must have
 GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fused": ((INPUT_NAME,), OUTPUT_NAMES),

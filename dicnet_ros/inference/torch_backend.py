@@ -76,7 +76,7 @@ class TorchModel(AnomalyModel):
         self.fp16 = bool(device.startswith("cuda") if fp16 is None else fp16) and device.startswith("cuda")
         net_res = export.get("output_resolution") == "network"
         self.network_resolution = net_res if network_resolution is None else network_resolution
-        self.labels = export.get("labels", "network")  # where class ids / MSP are taken, as in the ONNX
+        self.labels = export.get("labels", "network")  # where class ids / MSP / MaxLogit are taken, as in the ONNX
         log.info("torch: %s on %s%s", checkpoint, device, " (fp16 autocast)" if self.fp16 else "")
         if export.get("dtype") == "int8":
             log.warning("%s is an INT8 graph; the torch backend runs its FP32 source checkpoint %s instead (use "
@@ -93,7 +93,9 @@ class TorchModel(AnomalyModel):
             out = self.model(x, network_resolution=self.network_resolution, labels=self.labels)
         score = out.anomaly_score[0].float().cpu().numpy()
         labels = out.semantic_labels[0].to(torch.uint8).cpu().numpy()
-        return score, labels, {"msp": out.msp_score[0].float().cpu().numpy()}
+        extras = {name: baseline[0].float().cpu().numpy()
+                  for name, baseline in (("msp", out.msp_score), ("maxlogit", out.maxlogit_score))}
+        return score, labels, extras
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

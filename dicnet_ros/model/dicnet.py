@@ -137,6 +137,7 @@ class DiCNetOutput(NamedTuple):
     semantic_labels: torch.Tensor  # (N, H, W) int64 class ids of the teacher
     logits: torch.Tensor  # (N, K, h, w) teacher logits at feature resolution (for baselines)
     msp_score: torch.Tensor  # (N, H, W) float32, 1 - max softmax of the teacher (the classic baseline)
+    maxlogit_score: torch.Tensor  # (N, H, W) float32, -max logit of the teacher (MaxLogit baseline)
 
 
 class DiCNet(nn.Module):
@@ -187,7 +188,8 @@ class DiCNet(nn.Module):
 
     def forward(self, images: torch.Tensor, output_size: tuple[int, int] | None = None,
                 network_resolution: bool = False, labels: str = "bilinear") -> DiCNetOutput:
-        """Score map, class ids and MSP at the input size (default), ``output_size``, or the network size."""
+        """Score map, class ids, MSP and MaxLogit at the input size (default), ``output_size``, or the network
+        size."""
         t, s = self.features(images)
         size = None if network_resolution else (output_size or tuple(images.shape[1:3]))
         return self.outputs(t.feature, s, t.logits, size, labels)
@@ -196,10 +198,10 @@ class DiCNet(nn.Module):
                 size: tuple[int, int] | None, labels: str = "bilinear") -> DiCNetOutput:
         """Features at 1/8 -> every output map at ``size`` (None = network size): the one post-processing.
 
-        ``labels`` says where the teacher's class ids and MSP are taken:
-        ``bilinear``: logits upsampled to the output size, then arg-max / softmax (the anomaly-seg protocol);
-        ``network``: at the network size, then resized (ids nearest, MSP bilinear) -- a fraction of the cost at
-        1280x720 and identical up to class boundaries; ``nearest``: at the feature resolution.
+        ``labels`` says where the teacher's class ids and baselines (MSP, MaxLogit) are taken:
+        ``bilinear``: logits upsampled to the output size, then arg-max / softmax / max (the anomaly-seg protocol);
+        ``network``: at the network size, then resized (ids nearest, baselines bilinear) -- a fraction of the cost
+        at 1280x720 and identical up to class boundaries; ``nearest``: at the feature resolution.
         The anomaly score never depends on this choice.
         """
         if labels not in LABEL_MODES:
@@ -209,7 +211,8 @@ class DiCNet(nn.Module):
         logits = logits.float()
         if labels == "bilinear":
             up = restore_size(logits, pp, size)
-            return DiCNetOutput(score, up.argmax(dim=1), logits, baseline_score(up, "msp")[:, 0])
+            return DiCNetOutput(score, up.argmax(dim=1), logits, baseline_score(up, "msp")[:, 0],
+                                baseline_score(up, "maxlogit")[:, 0])
         if labels == "network":
             logits_at = restore_size(logits, pp, None)
             target = (pp.height, pp.width) if size is None else tuple(size)
@@ -227,7 +230,8 @@ class DiCNet(nn.Module):
 
         ids = resize(logits_at.argmax(dim=1, keepdim=True).to(torch.float32), "nearest")[:, 0].to(torch.int64)
         msp = resize(baseline_score(logits_at, "msp"), "bilinear")[:, 0]
-        return DiCNetOutput(score, ids, logits, msp)
+        maxlogit = resize(baseline_score(logits_at, "maxlogit"), "bilinear")[:, 0]
+        return DiCNetOutput(score, ids, logits, msp, maxlogit)
 
 
 def build_dicnet(cfg: ModelConfig | dict[str, Any], preprocess_config: PreprocessConfig | dict[str, Any]) -> DiCNet:

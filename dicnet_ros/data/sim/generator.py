@@ -29,6 +29,7 @@ from dicnet_ros.data.sim.classes import (
     SIM_PROXY_ID,
     SPLIT_DIRS,
 )
+from dicnet_ros.data.sim.manifest import manifest_path
 from dicnet_ros.data.sim.objects import OUTLIER_PROXIES, AnomalyModel, parse_anomaly_set
 
 SPLITS: tuple[str, ...] = tuple(SPLIT_DIRS)
@@ -180,7 +181,7 @@ def generate_split(
         "annotations_dir": SPLIT_DIRS[split][1],
         "images": [{k: v for k, v in r.items() if k != "index"} for r in results],
     }
-    mpath = out / f"sim_manifest_{split}.json"
+    mpath = manifest_path(out, split)
     mpath.write_text(json.dumps(manifest, indent=1))
     return SplitReport(split, count, seconds, mpath, sum(r["anomaly_pixels"] for r in results), results)
 
