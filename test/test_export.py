@@ -211,3 +211,15 @@ def test_int8_cli_needs_calibration_data(tiny_checkpoint: Path, tmp_path: Path, 
     assert dicnet(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx"), "--int8"]) == 2
     assert "--calibration-data" in capsys.readouterr().out
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_int8_export_of_a_fixed_input_size(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Calibration images of another size are resized to the size the graph was exported for."""
+    from dicnet_training.quantize import Int8Options
+
+    calib = _calibration_folder(tmp_path / "calib", count=4)  # 96x64 images
+    out = tmp_path / "fixed_int8.onnx"
+    export_onnx(tiny_checkpoint, out, ExportOptions(input_size=(160, 90), int8=Int8Options(
+        calib, calibration_images=4, sensitivity_images=1)))
+    score = OrtModel(out, device="cpu").infer(np.zeros((90, 160, 3), np.uint8)).anomaly_score
+    assert score.shape == (90, 160) and np.isfinite(score).all()

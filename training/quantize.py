@@ -133,13 +133,27 @@ def files_sha256(files: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path, size_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """uint8 RGB, resized to ``size_hw`` when the graph takes one fixed input size."""
     import cv2
 
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise QuantizationError(f"{path}: not a readable image")
+    if size_hw is not None and bgr.shape[:2] != tuple(size_hw):
+        bgr = cv2.resize(bgr, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+def fixed_input_size(model_path: Path) -> tuple[int, int] | None:
+    """(height, width) of a graph exported for one input size; None for a dynamic-size export."""
+    import onnx
+
+    dims = onnx.load(str(model_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    height, width = dims[1], dims[2]
+    if height.HasField("dim_value") and width.HasField("dim_value"):
+        return int(height.dim_value), int(width.dim_value)
+    return None
 
 
 class _ImageFeed:
@@ -265,8 +279,9 @@ def quantize_int8(fp32_onnx: Path, out: Path, options: Int8Options) -> Int8Repor
     sens_files = [f for i, f in enumerate(files) if i in sens_idx]
     log.info("INT8 calibration: %d images from %s (%s), %d held back for the sensitivity analysis",
              len(calib_files), label, options.method, len(sens_files))
-    feed = _ImageFeed([read_rgb(f) for f in calib_files])
-    error_of = _ScoreError(fp32_onnx, [read_rgb(f) for f in sens_files])
+    size_hw = fixed_input_size(fp32_onnx)
+    feed = _ImageFeed([read_rgb(f, size_hw) for f in calib_files])
+    error_of = _ScoreError(fp32_onnx, [read_rgb(f, size_hw) for f in sens_files])
     layers, others = quantizable_nodes(fp32_onnx)
     everything = [*layers, *others]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -87,7 +87,7 @@ class OrtGraph:
     """One ONNX Runtime session; checks the file is a DiCNet graph of the given role."""
 
     def __init__(self, path: Path, role: str, providers: list[Any], threads: int = 0,
-                 graph_optimization: str = "all", spin: bool = False):
+                 graph_optimization: str = "all", spin: bool | None = None):
         ort = import_onnxruntime()
         if graph_optimization not in _OPT_LEVELS:
             raise ValueError(f"graph_optimization must be one of {_OPT_LEVELS}")
@@ -102,10 +102,14 @@ class OrtGraph:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
-        # Busy-waiting worker threads keep every core hot after each run; next to a ROS node (executor, DDS,
-        # publishing) on a small CPU that costs more than it saves (measured: 720p inference 44 -> 31 ms
-        # on 2 cores, and the publish after it 1.8 -> 0.2 ms), so it is off unless asked for.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        # Worker threads busy-wait between the operators of one run (waking sleeping threads for each of ~100
+        # small parallel operators costs more than the work on a small CPU: 640x360 INT8 20.9 -> 13.1 ms) but
+        # stop at the end of each run: threads spinning after it kept every core hot and slowed the rest of a
+        # ROS node (measured before: 720p publish 1.8 vs 0.2 ms; CPU burnt in the 30 ms after a run 29 ms with
+        # plain spinning, 0.1 ms with the stop). spin=True spins after runs too, spin=False never spins.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if spin is False else "1")
+        if spin is None:
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for bad files
@@ -132,13 +136,13 @@ class OrtGraph:
 class OrtModel(AnomalyModel):
     """DiCNet on ONNX Runtime. Options: providers (list), threads (intra-op, 0 = ORT default),
     graph_optimization (disable|basic|extended|all), trt_cache_dir (TensorRT EP engine cache),
-    spin (let idle intra-op threads busy-wait; off by default, see OrtGraph)."""
+    spin (None = busy-wait only inside a run, the default; True = also between runs; False = never; see OrtGraph)."""
 
     backend_name = "onnxruntime"
 
     def __init__(self, path: str | Path, device: str = "auto", providers: list[str] | None = None,
                  threads: int = 0, graph_optimization: str = "all", trt_cache_dir: str | Path | None = None,
-                 spin: bool = False):
+                 spin: bool | None = None):
         files: ModelFiles = resolve_model_files(path)
         chosen = choose_providers(device, files.path, providers, trt_cache_dir)
         self.graphs = {role: OrtGraph(p, role, chosen, threads, graph_optimization, spin)

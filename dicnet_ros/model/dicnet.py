@@ -207,31 +207,31 @@ class DiCNet(nn.Module):
         if labels not in LABEL_MODES:
             raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
         pp = self.preprocess_config
-        score = restore_size(self.score_features(teacher_feature, student_feature, logits=logits), pp, size)[:, 0]
+        score_at = self.score_features(teacher_feature, student_feature, logits=logits)
         logits = logits.float()
+        if labels == "nearest":  # all three maps share one geometry: one resize for score, MSP and MaxLogit
+            maps = restore_size(torch.cat([score_at, baseline_score(logits, "msp"), baseline_score(logits, "maxlogit")],
+                                          dim=1), pp, size)
+            ids = restore_size(logits.argmax(dim=1, keepdim=True).to(torch.float32), pp, size, mode="nearest")
+            return DiCNetOutput(maps[:, 0], ids[:, 0].to(torch.int64), logits, maps[:, 1], maps[:, 2])
+        score = restore_size(score_at, pp, size)[:, 0]
         if labels == "bilinear":
             up = restore_size(logits, pp, size)
             return DiCNetOutput(score, up.argmax(dim=1), logits, baseline_score(up, "msp")[:, 0],
                                 baseline_score(up, "maxlogit")[:, 0])
-        if labels == "network":
-            logits_at = restore_size(logits, pp, None)
-            target = (pp.height, pp.width) if size is None else tuple(size)
+        logits_at = restore_size(logits, pp, None)  # "network"
+        target = (pp.height, pp.width) if size is None else tuple(size)
 
-            def resize(x: torch.Tensor, mode: str) -> torch.Tensor:
-                if tuple(x.shape[-2:]) == target:
-                    return x
-                kw = {"align_corners": False} if mode == "bilinear" else {}
-                return F.interpolate(x, size=target, mode=mode, **kw)
-        else:
-            logits_at = logits
-
-            def resize(x: torch.Tensor, mode: str) -> torch.Tensor:
-                return restore_size(x, pp, size, mode=mode)
+        def resize(x: torch.Tensor, mode: str) -> torch.Tensor:
+            if tuple(x.shape[-2:]) == target:
+                return x
+            kw = {"align_corners": False} if mode == "bilinear" else {}
+            return F.interpolate(x, size=target, mode=mode, **kw)
 
         ids = resize(logits_at.argmax(dim=1, keepdim=True).to(torch.float32), "nearest")[:, 0].to(torch.int64)
-        msp = resize(baseline_score(logits_at, "msp"), "bilinear")[:, 0]
-        maxlogit = resize(baseline_score(logits_at, "maxlogit"), "bilinear")[:, 0]
-        return DiCNetOutput(score, ids, logits, msp, maxlogit)
+        baselines = resize(torch.cat([baseline_score(logits_at, "msp"), baseline_score(logits_at, "maxlogit")], 1),
+                           "bilinear")  # one resize for both
+        return DiCNetOutput(score, ids, logits, baselines[:, 0], baselines[:, 1])
 
 
 def build_dicnet(cfg: ModelConfig | dict[str, Any], preprocess_config: PreprocessConfig | dict[str, Any]) -> DiCNet:
