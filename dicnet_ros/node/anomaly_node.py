@@ -400,20 +400,11 @@ class AnomalyNode(PublishingMixin, Node):
             if not self._compressed:
                 check_pixel_count(int(msg.width), int(msg.height), self._p["max_input_pixels"])
             image = self._decode(msg)
-        except ImageTooLargeError as exc:
-            with stats.lock:
-                stats.dropped_too_large += 1
-                stats.window_too_large += 1
-                count = stats.dropped_too_large
-            self.get_logger().error(f"refusing an image on {self._image_sub.topic_name} (frame_id "
-                                    f"'{bounded(header.frame_id)}', {count} so far): {exc}", throttle_duration_sec=5.0)
-            return
-        except ImageConversionError as exc:
-            with stats.lock:
-                stats.dropped_bad += 1
-                stats.window_bad += 1
-                count = stats.dropped_bad
-            self.get_logger().error(f"skipping bad image on {self._image_sub.topic_name} (frame_id "
+        except ImageConversionError as exc:  # malformed, or over max_input_pixels: counted apart, never decoded
+            kind, verb = ("too_large", "refusing an image") if isinstance(exc, ImageTooLargeError) else (
+                "bad", "skipping bad image")
+            count = stats.count_dropped(kind)
+            self.get_logger().error(f"{verb} on {self._image_sub.topic_name} (frame_id "
                                     f"'{bounded(header.frame_id)}', {count} so far): {exc}", throttle_duration_sec=5.0)
             return
         if self._p["output_resolution"] == "network" and (image.shape[1], image.shape[0]) != self._network_size:

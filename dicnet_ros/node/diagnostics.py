@@ -50,6 +50,14 @@ class NodeStats:
         self.window_start = time.monotonic()
         self.last_received = time.monotonic()
 
+    def count_dropped(self, kind: str) -> int:
+        """One more frame dropped for ``kind`` ("bad", "too_large"): total and this diagnostics window; the total."""
+        with self.lock:
+            total = getattr(self, f"dropped_{kind}") + 1
+            setattr(self, f"dropped_{kind}", total)
+            setattr(self, f"window_{kind}", getattr(self, f"window_{kind}") + 1)
+            return total
+
     def snapshot(self) -> dict[str, int]:
         with self.lock:
             return {k: getattr(self, k) for k in COUNTERS}

@@ -1,8 +1,8 @@
 """The node with the camera in ANOTHER process, as on a vehicle: real DDS between processes, real frame sizes.
 
 Same-process tests and small frames hide that Fast DDS defaults lose large best-effort frames between processes
-(README, "Large images"); here the camera (test/fake_camera.py) runs with default middleware settings, the node
-runs as its console entry point (so it applies the shipped large-image profile itself), and this process
+(README, "Large images"); here the camera (test/node/fake_camera.py) runs with default middleware settings, the
+node runs as its console entry point (so it applies the shipped large-image profile itself), and this process
 receives the node's masks. Shutdown by SIGINT is checked on the same process.
 """
 

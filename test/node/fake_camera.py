@@ -1,6 +1,7 @@
 """A camera in its own process for the cross-process node tests: plain rclpy, default middleware settings.
 
-    python test/fake_camera.py --topic /cam/image_raw --size 1920x1080 --reliability best_effort --rate 5 --count 25
+    python test/node/fake_camera.py --topic /cam/image_raw --size 1920x1080 --reliability best_effort \
+        --rate 5 --count 25
 
 Waits until a subscriber is matched (and stays matched for ``--settle`` seconds, so a node with input_qos auto
 has switched its subscription), publishes ``--count`` bgr8 frames with header stamps ``--first-stamp + i`` s,
