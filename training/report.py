@@ -18,6 +18,7 @@ METHOD_TITLES = {
     "dicnet_code": "DiCNet (code: mean_c D^2)",
     "dicnet_paper_minmax": "DiCNet (paper, per-image min-max)",
     "dicnet_code_minmax": "DiCNet (code, per-image min-max)",
+    "dicnet_discrepancy": "DiCNet discrepancy alone (model's mode, no fusion)",
     "msp": "MSP (1 - max softmax)",
     "maxlogit": "MaxLogit (-max logit)",
     "entropy": "Entropy (softmax)",
@@ -33,6 +34,7 @@ def _pct(value: Any) -> str:
 def markdown_table(results: dict[str, Any]) -> str:
     """The paper-Table-1 style table (per-image and pooled protocols, E-/C-FPR at recall 95/85/75)."""
     methods = results["methods"]
+    fused = results.get("info", {}).get("score_fusion", "none") != "none"
     lines = [
         "| Method | per-image AUROC ↑ | per-image AUPR ↑ | per-image FPR95 ↓ | pooled AUROC ↑ | pooled AUPR ↑ | "
         "pooled FPR95 ↓ | E-FPR 95/85/75 ↓ | C-FPR 95/85/75 ↓ |",
@@ -42,7 +44,10 @@ def markdown_table(results: dict[str, Any]) -> str:
         pi, po = res["per_image"], res["pooled"]
         efpr = "/".join(_pct((res.get("efpr") or {}).get(k)) for k in ("95", "85", "75"))
         cfpr = "/".join(_pct((res.get("cfpr") or {}).get(k)) for k in ("95", "85", "75"))
-        lines.append(f"| {METHOD_TITLES.get(name, name)} | {_pct(pi.get('auroc'))} | {_pct(pi.get('aupr'))} | "
+        title = METHOD_TITLES.get(name, name)
+        if fused and name.startswith("dicnet_") and name != "dicnet_discrepancy":
+            title += " + MaxLogit fusion"
+        lines.append(f"| {title} | {_pct(pi.get('auroc'))} | {_pct(pi.get('aupr'))} | "
                      f"{_pct(pi.get('fpr95'))} | {_pct(po.get('auroc'))} | {_pct(po.get('aupr'))} | "
                      f"{_pct(po.get('fpr95'))} | {efpr} | {cfpr} |")
     return "\n".join(lines)
