@@ -53,10 +53,18 @@ def setup(device: str | None = None, backend: str = "auto") -> DistContext:
     return DistContext(rank, world_size, local_rank, dev)
 
 
-def cleanup() -> None:
-    """Tear down the process group so that repeated runs in one process (tests) start clean."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup(completed: bool = True) -> None:
+    """Tear down the process group so that repeated runs in one process (tests) start clean.
+
+    After a completed run all ranks first meet at a barrier: without it one rank can destroy its group (and exit)
+    while another is still writing its last checkpoint or log line, and gloo then aborts the slower rank on its
+    way out. After a failure there is no barrier (the other ranks may sit in a collective that will never
+    match); the group is left to the process exit and torchrun stops the others.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or not completed:
+        return
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def barrier(ctx: DistContext) -> None:

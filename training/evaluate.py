@@ -27,9 +27,11 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(None, True)
     cfg = config_for(args.checkpoint, args.config, args.override)
+    completed = False
     try:
         evaluate(args.checkpoint, cfg, args.out, args.split, args.minmax or None, args.device, not args.no_progress,
                  args.max_images)
+        completed = True
     finally:
-        tdist.cleanup()
+        tdist.cleanup(completed)
     return 0

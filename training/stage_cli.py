@@ -25,11 +25,13 @@ def run_stage(args: argparse.Namespace, stage: str, train: Callable[..., Path]) 
     """Run one stage into ``--out`` (default: config out_dir/<stage>); rank 0 prints the best checkpoint."""
     cfg = load_config(args.config, args.override)
     out = Path(args.out) if args.out else Path(cfg["out_dir"]) / stage
+    completed = False
     try:
         best = train(cfg, run_dir=out, resume=args.resume, show_progress=not args.no_progress, device=args.device,
                      stop_after_epochs=args.stop_after_epochs, init_from=args.init_from)
+        completed = True
     finally:
-        tdist.cleanup()
+        tdist.cleanup(completed)
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per rank
         print(best)
     return 0
