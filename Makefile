@@ -45,7 +45,8 @@ test: $(VENV)/.full
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.full
-	$(DICNET) bench --checkpoint models/dicnet_sim_default.pt --threads 2 --json bench_cpu.json
+	$(DICNET) bench --checkpoint models/dicnet_sim_default.pt --dynamic --threads 2 --iterations 30 \
+		--int8-model models/dicnet_sim_default_int8.onnx --json bench_cpu.json
 
 # The shipped model's recipe (training/configs/sim.yaml, models/README.md), into runs/sim.
 SIM_DATA ?= /tmp/simdata

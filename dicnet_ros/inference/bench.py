@@ -163,9 +163,12 @@ def _precision_export(args: argparse.Namespace, backend: str, checkpoint: Path, 
     """FP16 or INT8 export for a precision row; INT8 needs --calibration-data (in-distribution images)."""
     dtype, labels = PRECISION_BACKENDS[backend]
     int8 = None
+    if backend == "onnxruntime-int8" and args.int8_model:
+        return Path(args.int8_model)
     if dtype == "int8":
         if not args.calibration_data:
-            raise ValueError("INT8 rows need --calibration-data (in-distribution images to calibrate on)")
+            raise ValueError("INT8 rows need --calibration-data (in-distribution images to calibrate on) or, for "
+                             "onnxruntime-int8, --int8-model")
         from dicnet_training.quantize import Int8Options
 
         int8 = Int8Options(Path(args.calibration_data), args.calibration_images,
@@ -302,6 +305,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="in-distribution images (folder or dataset root) for the INT8 rows; without it they "
                              "are skipped")
     parser.add_argument("--calibration-images", type=int, default=32, help="images to calibrate INT8 on")
+    parser.add_argument("--int8-model", type=Path, default=None,
+                        help="an INT8 ONNX already exported from the same checkpoint (e.g. "
+                             "models/dicnet_sim_default_int8.onnx) for the onnxruntime-int8 row, instead of "
+                             "exporting one with --calibration-data")
     parser.add_argument("--workdir", type=Path, default=None, help="where exports/engines go (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON")
 
