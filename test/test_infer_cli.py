@@ -88,7 +88,7 @@ def test_partial_failure_writes_the_readable_images_and_exits_1(tmp_path: Path,
     (tmp_path / "images" / "bad.jpg").write_text("not an image")
     assert infer([good.parent], tmp_path / "out") == 1
     captured = capsys.readouterr()
-    assert "wrote 1 result sets" in captured.out
+    assert "wrote 1 result sets" in captured.out and "fp32" in captured.out  # the precision that ran
     assert "bad.jpg: not a readable image" in captured.err and "good.png" not in captured.err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "good_labels.png", "good_mask.png", "good_score.npy", "good_score.png"]
