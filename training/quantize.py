@@ -218,14 +218,27 @@ def _quantize(fp32: Path, out: Path, feed: _ImageFeed | None, method: str, cache
     if feed is not None:
         feed.rewind()
     symmetric = target == "tensorrt"  # zero-point-0 int8 activations: what TensorRT's explicit quantization accepts
-    quantize_static(
-        str(fp32), str(out), feed, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(NETWORK_OPS),
-        per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
-        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-        nodes_to_quantize=list(nodes),
-        calibrate_method=methods[method], calibration_cache_path=str(cache),
-        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "CalibPercentile": percentile})
+    advice = _DropPreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        quantize_static(
+            str(fp32), str(out), feed, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(NETWORK_OPS),
+            per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            nodes_to_quantize=list(nodes),
+            calibrate_method=methods[method], calibration_cache_path=str(cache),
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "CalibPercentile": percentile})
+    finally:
+        logging.getLogger().removeFilter(advice)
     return out
+
+
+class _DropPreprocessingAdvice(logging.Filter):
+    """ONNX Runtime's quantizer advises its shape-inference pre-processing on every one of the per-layer runs;
+    the exported graph already has its shapes and folded constants, so the advice is noise here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
 
 
 class _ScoreError:

@@ -402,6 +402,25 @@ def test_msp_baseline_topic(harness: Harness, tiny_onnx: Path) -> None:
     assert msp.min() >= 0.0 and msp.max() <= 1.0
 
 
+def test_shipped_int8_model_runs_in_the_node(harness: Harness) -> None:
+    """`model:=models/dicnet_sim_default_int8.onnx`: the QDQ graph serves frames and /diagnostics names int8."""
+    from dicnet_ros.resources import package_file
+
+    node, outputs = harness.start("cam_int8", package_file("models/dicnet_sim_default_int8.onnx"))
+    pub = harness.publisher(Image, "/cam_int8/anomaly_node/image")
+    rgb = random_image("rgb8", 72, 128)
+    send(pub, image_msg(rgb, "rgb8", 800), outputs)
+    check_outputs(node, outputs, 800, (72, 128))
+    assert node.model.describe()["precision"] == "int8"
+
+    def reported() -> bool:
+        return any(kv.key == "precision" and kv.value == "int8" for array in list(harness.diagnostics)
+                   for status in array.status if status.name.startswith("/cam_int8/anomaly_node")
+                   for kv in status.values)
+
+    assert wait_until(reported, timeout=5.0), "precision int8 not reported on /diagnostics"
+
+
 def test_compressed_input_and_qos_warning(harness: Harness, tiny_onnx: Path) -> None:
     node, outputs = harness.start("cam_jpeg", tiny_onnx, image_transport="compressed", input_qos="reliable")
     topic = "/cam_jpeg/anomaly_node/image/compressed"
