@@ -128,10 +128,27 @@ def play_bag(
     return published
 
 
+SUBSCRIBER_SETTLE_S = 3.0
+
+
 def _wait_for_subscribers(node: Any, publishers: Sequence[Any], timeout: float) -> None:
-    """Give DDS discovery up to ``timeout`` s so the first frames are not published to nobody."""
+    """Give DDS discovery up to ``timeout`` s so the first frames are not published to nobody; then up to
+    ``SUBSCRIBER_SETTLE_S`` more until every subscription is reliable (as the player publishes): a subscriber
+    that follows the publisher's QoS (the node's ``input_qos: auto``) first matches best effort and re-subscribes
+    reliable, and a frame sent in between is lost to it."""
+    from rclpy.qos import ReliabilityPolicy
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not all(p.get_subscription_count() > 0 for p in publishers):
+        time.sleep(0.05)
+
+    def settled(pub: Any) -> bool:
+        infos = node.get_subscriptions_info_by_topic(pub.topic_name)
+        return bool(infos) and pub.get_subscription_count() >= len(infos) and all(
+            i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
+
+    settle = time.monotonic() + SUBSCRIBER_SETTLE_S
+    while time.monotonic() < settle and not all(settled(p) for p in publishers):
         time.sleep(0.05)
 
 

@@ -186,6 +186,7 @@ class AnomalyNode(PublishingMixin, Node):
         else:
             self._decode, self._decoder_name = make_image_decoder()
         self._watch = InputWatch(self._p["no_frame_warn_s"])
+        self._follow_soon: Any = None  # one-shot timer: follow a newly matched camera's QoS
         self._subscribe(make_qos(self._p["input_qos"], self._p["input_depth"]))
         self._enabled = bool(self._p["enabled"])
         self.create_service(SetBool, "~/enable", self._on_enable)
@@ -260,6 +261,16 @@ class AnomalyNode(PublishingMixin, Node):
 
     def _on_input_matched(self, event: Any) -> None:
         self._watch.matched(int(event.current_count), time.monotonic())
+        if self._p["input_qos"] == "auto" and int(event.current_count_change) > 0 and self._follow_soon is None:
+            # soon, not at the next 0.5 s tick (a reliable camera's first frames count), and not from inside this
+            # subscription's own event callback, since following may replace the subscription
+            self._follow_soon = self.create_timer(0.02, self._follow_once)
+
+    def _follow_once(self) -> None:
+        if self._follow_soon is not None:
+            self.destroy_timer(self._follow_soon)
+            self._follow_soon = None
+        self._follow_publishers()
 
     def _watch_input(self) -> None:
         """Twice a second: follow the camera's reliability (input_qos auto) and report a silent publisher."""
