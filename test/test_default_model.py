@@ -91,6 +91,17 @@ def test_int8_model_is_shipped_and_says_so() -> None:
     assert model.metadata.threshold == load_model(default_model_path(), "onnxruntime", "cpu").metadata.threshold
 
 
+def test_shipped_models_open_by_bare_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`model:=dicnet_sim_default_int8.onnx` finds the shipped file from any working directory."""
+    from dicnet_ros.node.errors import NodeStartupError
+    from dicnet_ros.node.model_loading import open_model
+
+    monkeypatch.chdir(tmp_path)
+    assert open_model("dicnet_sim_default_int8.onnx", "onnxruntime", "cpu").describe()["precision"] == "int8"
+    with pytest.raises(NodeStartupError, match="not found"):
+        open_model("no_such_model.onnx", "onnxruntime", "cpu")
+
+
 def test_int8_model_keeps_the_fp32_quality_on_a_held_out_split(tmp_path: Path) -> None:
     """Parity INT8 vs FP32 on 24 re-rendered images of a seed used nowhere else. The bar (pooled AUROC within 1
     point, AUPR within 10 % relative) comes from the model card's 500-image measurement, where the INT8 model is

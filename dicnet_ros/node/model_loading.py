@@ -19,10 +19,16 @@ def default_model_path() -> Path:
 
 def open_model(model_path: str, backend: str, device: str, engine_cache_dir: str = "",
                num_threads: int = 0) -> AnomalyModel:
-    """Load the model through ``dicnet_ros.inference``; every failure becomes one NodeStartupError line."""
+    """Load the model through ``dicnet_ros.inference``; every failure becomes one NodeStartupError line.
+
+    ``model_path`` empty: the default model; a bare file name that is not in the working directory: that file
+    among the package's shipped models (``model:=dicnet_sim_default_int8.onnx``)."""
     from dicnet_ros.inference import load_model
 
     path = Path(model_path).expanduser() if model_path else default_model_path()
+    if model_path and not path.exists() and path.name == model_path:
+        shipped = package_file(f"models/{model_path}")  # a bare name: one of the models the package ships
+        path = shipped if shipped.exists() else path
     if not path.exists():
         hint = "" if model_path else " (the default model ships with the package; set model_path to your model)"
         raise NodeStartupError(f"model file not found: {path}{hint}")

@@ -39,7 +39,8 @@ class ParamSpec:
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("model_path", "", "Model file (fused DiCNet .onnx, checkpoint or engine). Empty: the package's "
-              f"default model models/{DEFAULT_MODEL_NAME}."),
+              f"default model models/{DEFAULT_MODEL_NAME}; a bare file name: one of the package's models (e.g. "
+              "dicnet_sim_default_int8.onnx)."),
     ParamSpec("backend", "auto", "Inference runtime; auto tries tensorrt, then onnxruntime, then torch.",
               choices=BACKENDS),
     ParamSpec("device", "auto", "auto | cpu | cuda | cuda:N"),
