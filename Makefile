@@ -15,7 +15,7 @@ help:
 	@echo "make test   - set up .venv (everything incl. PyTorch) and run ruff + the whole test suite"
 	@echo "make lint   - ruff only"
 	@echo "make bench  - CPU latency benchmark of the shipped model (ONNX Runtime vs the two-pass PyTorch reference)"
-	@echo "make sim-data train-sim - render the simulated benchmark and retrain the shipped model's recipe (CPU: ~1.5 h)"
+	@echo "make sim-data train-sim - render the simulated benchmark and retrain the shipped model's recipe (CPU: ~2 h)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
