@@ -144,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         if result.semantic_labels is not None:
             cv2.imwrite(str(args.out / f"{path.stem}_labels.png"), result.semantic_labels)
         written += 1
-    print(f"wrote {written} result sets to {args.out} ({model.backend_name}, {model.precision}, threshold {model.threshold:.4g})")
+    print(f"wrote {written} result sets to {args.out} ({model.backend_name}, {model.precision}, "
+          f"threshold {model.threshold:.4g})")
     if failed:
         report(f"{failed} input(s) could not be processed")
     return 1 if failed else 0
