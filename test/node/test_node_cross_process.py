@@ -170,17 +170,19 @@ def test_camera_in_another_process(node_and_listener: tuple, size: str, reliabil
 
 @pytest.mark.slow
 def test_faster_camera_gets_newest_frame_answered(node_and_listener: tuple) -> None:
-    """A camera faster than the node: no backlog, the newest frame is answered soon after it was sent."""
+    """A camera faster than the node: no backlog, the newest frame is answered soon after it was sent.
+
+    The camera publishes 1080p as fast as it can (up to 120 Hz): at 30 Hz the tiny model sometimes kept up."""
     _node, listener = node_and_listener
-    first, count = 30_000, 60
-    sent = run_camera("1920x1080", "reliable", rate=30.0, count=count, first=first)
+    first, count = 30_000, 120
+    sent = run_camera("1920x1080", "reliable", rate=120.0, count=count, first=first)
     deadline = time.monotonic() + 10
     while sent["last_stamp"] not in listener.answered(first, count) and time.monotonic() < deadline:
         time.sleep(0.05)
     answered = listener.answered(first, count)
     assert sent["last_stamp"] in answered, f"newest frame not answered ({len(answered)} of {count})"
     assert answered[sent["last_stamp"]] - sent["last_publish_wall"] < 2.0  # no queue of old frames ahead of it
-    assert len(answered) < count, "the node kept up with 30 Hz 1080p: the test does not exercise dropping"
+    assert len(answered) < count, "the node kept up with the camera: the test does not exercise dropping"
 
 
 def test_sigint_twice_exits_quietly(tiny_onnx: Path) -> None:
