@@ -30,6 +30,13 @@ class _ShutdownRequest:
         self.requested.set()
 
     def __exit__(self, *exc: object) -> None:
+        if self.requested.is_set():
+            # Shutting down on a signal: a late one (ros2 launch forwards a second SIGINT) must not end the exit
+            # with a KeyboardInterrupt, nor kill the process while the interpreter finalizes (Python resets its
+            # own handlers to SIG_DFL then, but leaves SIG_IGN alone).
+            for sig in self._previous:
+                signal.signal(sig, signal.SIG_IGN)
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
