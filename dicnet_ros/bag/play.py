@@ -141,6 +141,8 @@ def _wait_for_subscribers(node: Any, publishers: Sequence[Any], timeout: float) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not all(p.get_subscription_count() > 0 for p in publishers):
         time.sleep(0.05)
+    if not all(p.get_subscription_count() > 0 for p in publishers):
+        return  # nobody listens (yet): play anyway, as ros2 bag play does
 
     def settled(pub: Any) -> bool:
         infos = node.get_subscriptions_info_by_topic(pub.topic_name)
