@@ -34,6 +34,10 @@ def test_outlier_cells_are_pushed_apart_normal_cells_together() -> None:
 def test_config_is_checked() -> None:
     assert not OutlierExposure.from_config(None).enabled
     assert OutlierExposure.from_config({"weight": 1, "paste_probability": 0.3}).paste_probability == 0.3
+    assert OutlierExposure.from_config({"weight": 1, "paste_radius": [20, 150]}).paste_radius == (20.0, 150.0)
+    for radius in ([150, 20], [0, 10], "big", [1, 2, 3]):
+        with pytest.raises(ValueError, match="paste_radius"):
+            OutlierExposure.from_config({"weight": 1, "paste_radius": radius})
     with pytest.raises(ValueError, match="unknown keys"):
         OutlierExposure.from_config({"wieght": 1})
     with pytest.raises(ValueError, match="margin > 0"):

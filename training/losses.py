@@ -26,17 +26,24 @@ class OutlierExposure:
     weight: float = 0.0
     margin: float = 1.0
     paste_probability: float = 0.0  # share of training images that also get pasted 2-D proxies
+    paste_radius: tuple[float, float] = (10.0, 60.0)  # polygon radius range in pixels of a 216-pixel-high image
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> OutlierExposure:
         section = dict(section or {})
-        unknown = set(section) - {"weight", "margin", "paste_probability"}
+        unknown = set(section) - {"weight", "margin", "paste_probability", "paste_radius"}
         if unknown:
             raise ValueError(f"student.outlier_exposure: unknown keys {sorted(unknown)}")
-        oe = cls(**{k: float(v) for k, v in section.items()})
-        if oe.weight < 0 or oe.margin <= 0 or not 0 <= oe.paste_probability <= 1:
+        radius = section.pop("paste_radius", cls.paste_radius)
+        try:
+            low, high = (float(r) for r in radius)
+        except (TypeError, ValueError):
+            raise ValueError(f"student.outlier_exposure.paste_radius: need [low, high], got {radius!r}") from None
+        oe = cls(**{k: float(v) for k, v in section.items()}, paste_radius=(low, high))
+        if (oe.weight < 0 or oe.margin <= 0 or not 0 <= oe.paste_probability <= 1
+                or not 0 < oe.paste_radius[0] <= oe.paste_radius[1]):
             raise ValueError(f"student.outlier_exposure: need weight >= 0, margin > 0, 0 <= paste_probability <= 1, "
-                             f"got {oe}")
+                             f"0 < paste_radius low <= high, got {oe}")
         return oe
 
     @property
