@@ -5,8 +5,10 @@ Everything else asks this module "am I rank 0?" so that logging, checkpoints and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -57,14 +59,38 @@ def cleanup(completed: bool = True) -> None:
     """Tear down the process group so that repeated runs in one process (tests) start clean.
 
     After a completed run all ranks first meet at a barrier: without it one rank can destroy its group (and exit)
-    while another is still writing its last checkpoint or log line, and gloo then aborts the slower rank on its
-    way out. After a failure there is no barrier (the other ranks may sit in a collective that will never
-    match); the group is left to the process exit and torchrun stops the others.
+    while another is still writing its last checkpoint or log line. After a failure there is no barrier (the
+    other ranks may sit in a collective that will never match); the group is left to the process exit and
+    torchrun stops the others.
     """
+    global _group_torn_down
     if not (dist.is_available() and dist.is_initialized()) or not completed:
         return
     dist.barrier()
     dist.destroy_process_group()
+    _group_torn_down = True
+
+
+_group_torn_down = False
+
+
+def exit_worker(code: int = 0) -> int:
+    """End a torchrun worker whose process group was torn down after a completed run, skipping finalisation.
+
+    After training, torch keeps C++ references to the gloo process group past ``destroy_process_group`` (its
+    Python object stays alive), so it is destroyed during interpreter shutdown, where gloo's worker threads can
+    abort the process ("terminate called without an active exception", SIGABRT) after all the work was done and
+    saved. Everything is on disk and the ranks have met at the last barrier, so the worker flushes its streams
+    and log handlers and leaves with ``os._exit``. Outside torchrun (no group was ever created) it only returns
+    ``code``, so in-process callers and tests are unaffected.
+    """
+    if not _group_torn_down:
+        return code
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def barrier(ctx: DistContext) -> None:

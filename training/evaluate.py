@@ -34,4 +34,4 @@ def run(args: argparse.Namespace) -> int:
         completed = True
     finally:
         tdist.cleanup(completed)
-    return 0
+    return tdist.exit_worker(0)

@@ -34,4 +34,4 @@ def run_stage(args: argparse.Namespace, stage: str, train: Callable[..., Path]) 
         tdist.cleanup(completed)
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per rank
         print(best)
-    return 0
+    return tdist.exit_worker(0)
