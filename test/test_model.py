@@ -12,7 +12,7 @@ from dicnet_ros.metadata import ModelMetadata
 from dicnet_ros.model import ModelConfig, Teacher, anomaly_score, baseline_score, build_dicnet
 from dicnet_ros.model.backbones import BACKBONES, build_backbone
 from dicnet_ros.model.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from dicnet_ros.model.scoring import minmax_per_image
+from dicnet_ros.model.scoring import class_guided_average, minmax_per_image
 from dicnet_ros.preprocessing import PreprocessConfig
 
 TINY = {"teacher_backbone": "resnet_lite", "student_backbone": "resnet_lite", "teacher_widths": [8, 8, 16, 16],
@@ -97,6 +97,40 @@ def test_score_smoothing_is_a_window_mean_without_padding() -> None:
         anomaly_score(t, s, "code", smoothing=2)
     with pytest.raises(ValueError, match="score_smoothing"):
         ModelConfig(num_classes=3, score_smoothing=4)
+
+
+def test_class_guided_average_fills_within_a_class_not_across() -> None:
+    """A ring of high score around a low interior, all of one class, next to a second class: the interior rises
+    towards the ring's mean; pixels of the other class beside it keep their score."""
+    score = torch.zeros(1, 1, 5, 8)
+    score[0, 0, 1:4, 0:3] = 1.0
+    score[0, 0, 2, 1] = 0.0  # the low interior of the ring
+    logits = torch.full((1, 2, 5, 8), -20.0)
+    logits[0, 0, :, :4] = 20.0  # class 0 on the left half (the ring and its interior), class 1 on the right
+    logits[0, 1, :, 4:] = 20.0
+    out = class_guided_average(score, logits, 3)[0, 0]
+    assert out[2, 1].item() == pytest.approx(0.5 * (0.0 + 8 / 9), abs=1e-5)  # 8 of its 9 class-0 neighbours are 1
+    assert out[2, 4].item() == pytest.approx(0.0, abs=1e-5)  # class 1, next to the ring: nothing leaks across
+    assert out[2, 3].item() == pytest.approx(0.5 * 3 / 6, abs=1e-5)  # class 0 at the boundary: its 6 class-0 cells
+    assert torch.equal(class_guided_average(score, logits, 1), score)
+    with pytest.raises(ValueError, match="odd"):
+        class_guided_average(score, logits, 4)
+    with pytest.raises(ValueError, match="score_class_window"):
+        ModelConfig(num_classes=3, score_class_window=2)
+
+
+def test_published_score_applies_the_class_window_and_needs_logits() -> None:
+    model = build_dicnet(ModelConfig(num_classes=3, teacher_backbone="resnet_lite", student_backbone="resnet_lite",
+                                     teacher_widths=[8, 8, 8, 8], student_widths=[8, 8, 8, 8], feature_channels=8,
+                                     score_class_window=3, teacher_pretrained="none", student_pretrained="none"),
+                         PreprocessConfig(height=32, width=48)).eval()
+    with torch.no_grad():
+        t, s = model.features(torch.randint(0, 256, (1, 32, 48, 3), dtype=torch.uint8))
+        raw = model.score_features(t.feature, s, fusion="none")
+        assert torch.allclose(model.score_features(t.feature, s, logits=t.logits),
+                              class_guided_average(raw, t.logits, 3))
+        with pytest.raises(ValueError, match="logits"):
+            model.score_features(t.feature, s)
 
 
 def test_baselines_by_hand() -> None:

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-fusion", choices=("none", "maxlogit"), default=None,
                         help="set the model's score fusion before calibrating: maxlogit adds the teacher's MaxLogit, "
                              "both standardised on in-distribution pixels of --split (no anomaly labels)")
+    parser.add_argument("--score-class-window", type=int, default=None, metavar="K",
+                        help="set the model's k x k class-guided averaging of the published score (odd, 1 = off) "
+                             "before calibrating")
     parser.add_argument("--out", default=None, help="write a new checkpoint here (default: update in place)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("dicnet_training").info("calibrating %s", args.checkpoint)
     cfg = config_for(args.checkpoint, args.config, args.override)
     path = calibrate(args.checkpoint, cfg, args.out, args.split, args.mu_split, args.target_fpr, args.scoring_mode,
-                     args.device, not args.no_progress, args.score_smoothing, args.score_fusion)
+                     args.device, not args.no_progress, args.score_smoothing, args.score_fusion,
+                     args.score_class_window)
     print(path)
     return 0

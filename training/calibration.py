@@ -111,7 +111,8 @@ def collect_normal_scores(model: DiCNet, loader: Any, device: torch.device, anom
 def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path | None = None,
               split: str | None = None, mu_split: str | None = None, target_fpr: float | None = None,
               scoring_mode: str | None = None, device: str | None = None, show_progress: bool = True,
-              score_smoothing: int | None = None, score_fusion: str | None = None) -> Path:
+              score_smoothing: int | None = None, score_fusion: str | None = None,
+              score_class_window: int | None = None) -> Path:
     """Estimate mu_c and score statistics, set the threshold, and write the calibrated checkpoint atomically."""
     cal = dict(cfg.get("calibration") or {})
     target_fpr = float(target_fpr if target_fpr is not None else cal.get("target_fpr", 0.01))
@@ -132,6 +133,8 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
         if score_fusion not in SCORE_FUSIONS:
             raise ValueError(f"score fusion must be one of {SCORE_FUSIONS}")
         model.config = ModelConfig.from_dict({**model.config.to_dict(), "score_fusion": score_fusion})
+    if score_class_window is not None:
+        model.config = ModelConfig.from_dict({**model.config.to_dict(), "score_class_window": int(score_class_window)})
     model.to(ctx.device)
     workers = int((cfg.get("eval") or {}).get("workers", 0))
     batch = int((cfg.get("eval") or {}).get("batch_size", 2))

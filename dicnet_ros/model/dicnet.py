@@ -17,6 +17,7 @@ from dicnet_ros.model.scoring import (
     TEACHER_NORMS,
     anomaly_score,
     baseline_score,
+    class_guided_average,
     fuse_with_maxlogit,
 )
 from dicnet_ros.preprocessing import PreprocessConfig, preprocess, restore_size
@@ -38,6 +39,7 @@ class ModelConfig:
     scoring_mode: str = "paper"
     score_smoothing: int = 1  # k x k mean of the score at feature resolution (1 = off, as in the paper)
     score_fusion: str = "none"  # "maxlogit": + the teacher's standardised MaxLogit (scoring.py); "none" = the paper
+    score_class_window: int = 1  # k x k class-guided average of the published score (scoring.py; 1 = off)
     aux_head: bool = False
     dropout: float = 0.1
     teacher_pretrained: str | None = None  # None = torchvision cache if present, 'none', or a path
@@ -54,6 +56,8 @@ class ModelConfig:
             raise ValueError(f"score_fusion must be one of {SCORE_FUSIONS}, got {self.score_fusion!r}")
         if self.score_smoothing < 1 or self.score_smoothing % 2 == 0:
             raise ValueError(f"score_smoothing must be an odd window size >= 1, got {self.score_smoothing}")
+        if self.score_class_window < 1 or self.score_class_window % 2 == 0:
+            raise ValueError(f"score_class_window must be an odd window size >= 1, got {self.score_class_window}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,20 +170,26 @@ class DiCNet(nn.Module):
     def score_features(self, teacher_feature: torch.Tensor, student_feature: torch.Tensor,
                        mode: str | None = None, logits: torch.Tensor | None = None,
                        fusion: str | None = None) -> torch.Tensor:
-        """(N, 1, h, w) score at feature resolution, with this model's mu_c, smoothing and fusion: the one place
-        every path (training validation, calibration, evaluation, export, backends) scores through.
+        """(N, 1, h, w) score at feature resolution, with this model's mu_c, smoothing, fusion and class-guided
+        averaging: the one place every path (training validation, calibration, evaluation, export, backends)
+        scores through.
 
-        ``fusion`` None = the model's ``score_fusion`` (the published score); "none" = the discrepancy alone.
-        A MaxLogit fusion needs the teacher's ``logits`` (at feature resolution).
+        ``fusion`` None = the published score (the model's ``score_fusion``, then its ``score_class_window``);
+        "none" = the discrepancy alone. A MaxLogit fusion and the class-guided averaging need the teacher's
+        ``logits`` (at feature resolution).
         """
         score = anomaly_score(teacher_feature, student_feature, mode or self.scoring_mode, self.mu_c,
                               self.config.score_smoothing)
-        fusion = fusion or self.config.score_fusion
         if fusion == "none":
             return score
-        if logits is None:
-            raise ValueError(f"score_fusion {fusion!r} needs the teacher's logits")
-        return fuse_with_maxlogit(score, logits, self.fusion_norm)
+        published = fusion is None
+        fusion = fusion or self.config.score_fusion
+        window = self.config.score_class_window if published else 1
+        if logits is None and (fusion != "none" or window > 1):
+            raise ValueError(f"score_fusion {fusion!r} / score_class_window {window} need the teacher's logits")
+        if fusion != "none":
+            score = fuse_with_maxlogit(score, logits, self.fusion_norm)
+        return class_guided_average(score, logits, window) if window > 1 else score
 
     def features(self, images: torch.Tensor) -> tuple[TeacherOutput, torch.Tensor]:
         """Teacher output and student feature for uint8 images: the one pass evaluation derives every map from."""

@@ -23,6 +23,13 @@ each standardised by its mean and standard deviation on in-distribution pixels (
 ``dicnet calibrate``; no anomaly label is used). The two disagree where it matters: the discrepancy is high on
 rare known classes the student reproduces badly, MaxLogit on class boundaries and on objects the teacher
 confidently calls something; a pixel high in both is rarely normal.
+
+Class-guided averaging (``class_window`` k > 1, default off): each pixel's score is averaged with the mean score of
+the pixels around it (k x k at feature resolution) that the teacher puts in the same class, weighted by the
+teacher's class probabilities. A large anomaly is often scored high only along its outline, where its interior
+looks like a plain known surface; the teacher tends to give the whole object one (wrong) class, so the outline's
+score spreads into the interior, while the same-class averaging keeps it from leaking across class boundaries
+into the road or sky around it. Label-free, a few pooling operations, in the exported graph.
 """
 
 from __future__ import annotations
@@ -62,6 +69,21 @@ def fuse_with_maxlogit(discrepancy: torch.Tensor, logits: torch.Tensor, norm: to
     norm = norm.to(discrepancy.dtype)
     maxlogit = baseline_score(logits.to(discrepancy.dtype), "maxlogit")
     return (discrepancy - norm[0]) / norm[1] + (maxlogit - norm[2]) / norm[3]
+
+
+def class_guided_average(score: torch.Tensor, logits: torch.Tensor, window: int) -> torch.Tensor:
+    """(score + same-class k x k mean of the score) / 2 at feature resolution; ``window`` 1 = the score unchanged."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"class window must be an odd window size >= 1, got {window}")
+    if window == 1:
+        return score
+    probs = logits.to(score.dtype).softmax(dim=1)  # (N, K, h, w): soft class membership of every pixel
+
+    def box(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, window, stride=1, padding=window // 2, count_include_pad=False)
+
+    class_mean = box(probs * score) / box(probs).clamp_min(1e-6)  # mean score of class k around each pixel
+    return 0.5 * (score + (probs * class_mean).sum(dim=1, keepdim=True))
 
 
 def discrepancy_channel_sum(teacher_feature: torch.Tensor, student_feature: torch.Tensor) -> torch.Tensor:
