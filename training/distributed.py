@@ -55,6 +55,9 @@ def setup(device: str | None = None, backend: str = "auto") -> DistContext:
     return DistContext(rank, world_size, local_rank, dev)
 
 
+_group_torn_down = False  # set by cleanup() after a completed torchrun run; read by exit_worker()
+
+
 def cleanup(completed: bool = True) -> None:
     """Tear down the process group so that repeated runs in one process (tests) start clean.
 
@@ -70,8 +73,6 @@ def cleanup(completed: bool = True) -> None:
     dist.destroy_process_group()
     _group_torn_down = True
 
-
-_group_torn_down = False
 
 
 def exit_worker(code: int = 0) -> int:
