@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -55,11 +56,13 @@ def setup(device: str | None = None, backend: str = "auto") -> DistContext:
     return DistContext(rank, world_size, local_rank, dev)
 
 
-_group_torn_down = False  # set by cleanup() after a completed torchrun run; read by exit_worker()
+_group_torn_down = False  # set by process_group_scope() after a completed torchrun run; read by exit_worker()
 
 
-def cleanup(completed: bool = True) -> None:
-    """Tear down the process group so that repeated runs in one process (tests) start clean.
+@contextlib.contextmanager
+def process_group_scope() -> Iterator[None]:
+    """Around a command's work: tear the process group down afterwards, so that repeated runs in one process
+    (tests) start clean.
 
     After a completed run all ranks first meet at a barrier: without it one rank can destroy its group (and exit)
     while another is still writing its last checkpoint or log line. After a failure there is no barrier (the
@@ -67,12 +70,11 @@ def cleanup(completed: bool = True) -> None:
     torchrun stops the others.
     """
     global _group_torn_down
-    if not (dist.is_available() and dist.is_initialized()) or not completed:
-        return
-    dist.barrier()
-    dist.destroy_process_group()
-    _group_torn_down = True
-
+    yield  # an exception propagates from here and skips the teardown
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+        _group_torn_down = True
 
 
 def exit_worker(code: int = 0) -> int:

@@ -27,11 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(None, True)
     cfg = config_for(args.checkpoint, args.config, args.override)
-    completed = False
-    try:
+    with tdist.process_group_scope():
         evaluate(args.checkpoint, cfg, args.out, args.split, args.minmax or None, args.device, not args.no_progress,
                  args.max_images)
-        completed = True
-    finally:
-        tdist.cleanup(completed)
     return tdist.exit_worker(0)

@@ -25,13 +25,9 @@ def run_stage(args: argparse.Namespace, stage: str, train: Callable[..., Path]) 
     """Run one stage into ``--out`` (default: config out_dir/<stage>); rank 0 prints the best checkpoint."""
     cfg = load_config(args.config, args.override)
     out = Path(args.out) if args.out else Path(cfg["out_dir"]) / stage
-    completed = False
-    try:
+    with tdist.process_group_scope():
         best = train(cfg, run_dir=out, resume=args.resume, show_progress=not args.no_progress, device=args.device,
                      stop_after_epochs=args.stop_after_epochs, init_from=args.init_from)
-        completed = True
-    finally:
-        tdist.cleanup(completed)
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per rank
         print(best)
     return tdist.exit_worker(0)
