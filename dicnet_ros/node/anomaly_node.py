@@ -67,6 +67,10 @@ from dicnet_ros.visualization import class_palette
 PACKAGE = "dicnet_ros"
 
 
+# keys of the problems `_check_publisher_qos` finds (per camera publisher); it replaces only these
+PUBLISHER_CHECK_KEYS = ("type:", "rel:", "dur:")
+
+
 class AnomalyNode(PublishingMixin, Node):
     """Anomaly segmentation of one camera stream (see module docstring for topics and behaviour)."""
 
@@ -283,11 +287,12 @@ class AnomalyNode(PublishingMixin, Node):
         if warning is None:
             self._qos_problems.pop(key, None)
             return
-        if key not in self._qos_problems:
+        first = key not in self._qos_problems
+        self._qos_problems[key] = warning  # before the count: whoever sees the count finds the report
+        if first:
             with self._stats.lock:
                 self._stats.no_frame_warnings += 1
             self.get_logger().warning(warning)
-        self._qos_problems[key] = warning
 
     def _follow_publishers(self) -> None:
         """input_qos auto: reliable when every camera publisher is reliable, else best effort (matches any)."""
@@ -371,8 +376,10 @@ class AnomalyNode(PublishingMixin, Node):
         new = {k: v for k, v in problems.items() if self._qos_problems.get(k) != v}
         for text in new.values():
             self.get_logger().warning(text)
-        events = {k: v for k, v in self._qos_problems.items() if k.startswith("event:")}
-        self._qos_problems = {**events, **problems}
+        # replace only this check's own findings: QoS events and the silent-camera report stay until their owners
+        # clear them (wiping the latter re-counted and re-logged the same silence at every check)
+        others = {k: v for k, v in self._qos_problems.items() if not k.startswith(PUBLISHER_CHECK_KEYS)}
+        self._qos_problems = {**others, **problems}
 
     # ---------------------------------------------------------------------------------------------- worker
     def _work(self) -> None:

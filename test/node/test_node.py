@@ -533,7 +533,8 @@ def test_integer_threshold_is_accepted_at_run_time(main_node: tuple, harness: Ha
 
 def test_matched_publisher_without_frames_is_reported(harness: Harness, tiny_onnx: Path) -> None:
     """A camera that is matched but delivers nothing: one warning naming the cause, counted in diagnostics."""
-    node, _outputs = harness.start("cam_silent", tiny_onnx, no_frame_warn_s=1.0)
+    # the publisher-QoS check runs often here: it must not wipe the silent-camera report (it once did)
+    node, _outputs = harness.start("cam_silent", tiny_onnx, no_frame_warn_s=1.0, qos_check_period_s=0.2)
     harness.tester.create_publisher(Image, "/cam_silent/anomaly_node/image",
                                     QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
     assert wait_until(lambda: node.stats()["no_frame_warnings"] >= 1, timeout=10.0)
