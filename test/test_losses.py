@@ -38,6 +38,11 @@ def test_config_is_checked() -> None:
     for radius in ([150, 20], [0, 10], "big", [1, 2, 3]):
         with pytest.raises(ValueError, match="paste_radius"):
             OutlierExposure.from_config({"weight": 1, "paste_radius": radius})
+    assert OutlierExposure.from_config({"weight": 1}).paste_rows == (0.35, 1.0)
+    assert OutlierExposure.from_config({"weight": 1, "paste_rows": [0, 1]}).paste_rows == (0.0, 1.0)
+    for rows in ([0.8, 0.2], [-0.1, 1], [0, 1.5], "top"):
+        with pytest.raises(ValueError, match="paste_rows"):
+            OutlierExposure.from_config({"weight": 1, "paste_rows": rows})
     with pytest.raises(ValueError, match="unknown keys"):
         OutlierExposure.from_config({"wieght": 1})
     with pytest.raises(ValueError, match="margin > 0"):

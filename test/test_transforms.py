@@ -139,3 +139,16 @@ def test_pasted_outlier_shapes_are_masked_and_seeded() -> None:
     np.testing.assert_array_equal(paste_outlier_shapes(again, np.random.default_rng(5), 1.0), mask)
     np.testing.assert_array_equal(again, first)  # same seed, same pastes (resumable training)
     assert not paste_outlier_shapes(batch.copy(), np.random.default_rng(5), 0.0).any()
+
+
+def test_pasted_outlier_shapes_follow_the_row_range() -> None:
+    """The default keeps pastes in the lower two thirds; rows=(0, 0.2) puts their centres near the top."""
+    from dicnet_ros.data.transforms import paste_outlier_shapes
+
+    batch = np.zeros((16, 72, 128, 3), np.uint8)
+    low = paste_outlier_shapes(batch.copy(), np.random.default_rng(1), 1.0, radius=(10, 20))
+    high = paste_outlier_shapes(batch.copy(), np.random.default_rng(1), 1.0, radius=(10, 20), rows=(0.0, 0.2))
+    rows = np.arange(72)[None, :, None]
+    mean_row = lambda mask: float((mask * rows).sum() / mask.sum())  # noqa: E731
+    assert not low[:, : int(0.35 * 72 - 20 * 72 / 216)].any()  # centres at >= 0.35 H, radius <= 20 px at 216 px
+    assert mean_row(high) < 0.3 * 72 < mean_row(low)

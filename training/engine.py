@@ -539,7 +539,7 @@ def outlier_batch(images: torch.Tensor, labels: torch.Tensor, spec: Any, exposur
     if exposure.paste_probability > 0:
         batch = images.numpy().copy()
         pasted = paste_outlier_shapes(batch, np.random.default_rng(list(seed)), exposure.paste_probability,
-                                      radius=exposure.paste_radius)
+                                      radius=exposure.paste_radius, rows=exposure.paste_rows)
         images, outlier = torch.from_numpy(batch), outlier | torch.from_numpy(pasted)
     return images, outlier, valid | outlier
 

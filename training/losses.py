@@ -27,28 +27,35 @@ class OutlierExposure:
     margin: float = 1.0
     paste_probability: float = 0.0  # share of training images that also get pasted 2-D proxies
     paste_radius: tuple[float, float] = (10.0, 60.0)  # polygon radius range in pixels of a 216-pixel-high image
+    paste_rows: tuple[float, float] = (0.35, 1.0)  # range of the polygon centres' rows, fractions of the height
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> OutlierExposure:
         section = dict(section or {})
-        unknown = set(section) - {"weight", "margin", "paste_probability", "paste_radius"}
+        unknown = set(section) - {"weight", "margin", "paste_probability", "paste_radius", "paste_rows"}
         if unknown:
             raise ValueError(f"student.outlier_exposure: unknown keys {sorted(unknown)}")
-        radius = section.pop("paste_radius", cls.paste_radius)
-        try:
-            low, high = (float(r) for r in radius)
-        except (TypeError, ValueError):
-            raise ValueError(f"student.outlier_exposure.paste_radius: need [low, high], got {radius!r}") from None
-        oe = cls(**{k: float(v) for k, v in section.items()}, paste_radius=(low, high))
+        ranges = {key: _pair(section.pop(key, getattr(cls, key)), key) for key in ("paste_radius", "paste_rows")}
+        oe = cls(**{k: float(v) for k, v in section.items()}, **ranges)
         if (oe.weight < 0 or oe.margin <= 0 or not 0 <= oe.paste_probability <= 1
-                or not 0 < oe.paste_radius[0] <= oe.paste_radius[1]):
+                or not 0 < oe.paste_radius[0] <= oe.paste_radius[1]
+                or not 0 <= oe.paste_rows[0] <= oe.paste_rows[1] <= 1):
             raise ValueError(f"student.outlier_exposure: need weight >= 0, margin > 0, 0 <= paste_probability <= 1, "
-                             f"0 < paste_radius low <= high, got {oe}")
+                             f"0 < paste_radius low <= high, 0 <= paste_rows low <= high <= 1, got {oe}")
         return oe
 
     @property
     def enabled(self) -> bool:
         return self.weight > 0
+
+
+def _pair(value: Any, key: str) -> tuple[float, float]:
+    """A [low, high] config entry as two floats, or a clear error naming the key."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"student.outlier_exposure.{key}: need [low, high], got {value!r}") from None
+    return low, high
 
 
 def feature_cell_masks(outlier: torch.Tensor, valid: torch.Tensor,

@@ -125,13 +125,15 @@ class TrainAugment:
 
 
 def paste_outlier_shapes(images: np.ndarray, rng: np.random.Generator, probability: float,
-                         shapes: tuple[int, int] = (1, 2), radius: tuple[float, float] = (10.0, 60.0)) -> np.ndarray:
+                         shapes: tuple[int, int] = (1, 2), radius: tuple[float, float] = (10.0, 60.0),
+                         rows: tuple[float, float] = (0.35, 1.0)) -> np.ndarray:
     """Paste random textured polygons into a uint8 (N, H, W, 3) batch in place; returns their (N, H, W) mask.
 
     2-D outlier proxies for the student's outlier exposure: star-shaped polygons (5-9 corners) filled with noise,
-    stripes or smooth random colour fields, shaded top to bottom, in the lower two thirds of the image where road
-    objects appear. Each image gets them with ``probability``. They look like nothing in the data set, so the
-    student learns to disagree with the teacher on what it does not know, not on one object class.
+    stripes or smooth random colour fields, shaded top to bottom. Their centres lie between ``rows`` (fractions
+    of the image height, 0 = top; the default, the lower two thirds, is where road objects appear). Each image
+    gets them with ``probability``. They look like nothing in the data set, so the student learns to disagree
+    with the teacher on what it does not know, not on one object class.
     """
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (N, H, W, 3) batch, got {images.dtype} {images.shape}")
@@ -143,7 +145,8 @@ def paste_outlier_shapes(images: np.ndarray, rng: np.random.Generator, probabili
         for _ in range(int(rng.integers(shapes[0], shapes[1] + 1))):
             r = rng.uniform(*radius) * min(height, width) / 216.0
             cx = rng.uniform(r, max(r + 1, width - r))
-            cy = rng.uniform(height * 0.35, max(height * 0.35 + 1, height - r / 2))
+            top = height * rows[0]
+            cy = rng.uniform(top, max(top + 1, min(height * rows[1], height - r / 2)))
             corners = int(rng.integers(5, 10))
             angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
             radii = r * rng.uniform(0.4, 1.0, corners)
