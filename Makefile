@@ -57,7 +57,8 @@ sim-data: $(VENV)/.full
 train-sim: $(VENV)/.full
 	$(DICNET) train-teacher --config sim --override data.root=$(SIM_DATA) --out runs/sim/teacher
 	$(DICNET) distill --config sim --override data.root=$(SIM_DATA) --teacher runs/sim/teacher/best.pt --out runs/sim/student
-	$(DICNET) calibrate --checkpoint runs/sim/student/best.pt --out runs/sim/dicnet_sim.pt
+	$(DICNET) fit-outlier-head --checkpoint runs/sim/student/best.pt --config sim --override data.root=$(SIM_DATA) --out runs/sim/headed.pt
+	$(DICNET) calibrate --checkpoint runs/sim/headed.pt --config sim --override data.root=$(SIM_DATA) --out runs/sim/dicnet_sim.pt
 	$(DICNET) evaluate --checkpoint runs/sim/dicnet_sim.pt --override data.root=$(SIM_DATA)_test --out runs/sim/eval --minmax
 	$(DICNET) export --checkpoint runs/sim/dicnet_sim.pt --out runs/sim/dicnet_sim.onnx --dynamic --check-parity 4
 

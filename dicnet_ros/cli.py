@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("dicnet_ros.data.sim.cli", "render the simulated driving-anomaly benchmark (PyBullet)"),
     "train-teacher": ("dicnet_training.train_teacher", "train the segmentation teacher"),
     "distill": ("dicnet_training.distill", "distill the student from a frozen teacher"),
+    "fit-outlier-head": ("dicnet_training.outlier_head", "fit the outlier head of the outlier_maxlogit fusion"),
     "calibrate": ("dicnet_training.calibrate", "estimate mu_c, score statistics and the mask threshold"),
     "evaluate": ("dicnet_training.evaluate", "evaluate DiCNet against MSP / MaxLogit / entropy"),
     "export": ("dicnet_training.export", "export teacher+student as one fused ONNX graph"),

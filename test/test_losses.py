@@ -47,3 +47,14 @@ def test_config_is_checked() -> None:
         OutlierExposure.from_config({"wieght": 1})
     with pytest.raises(ValueError, match="margin > 0"):
         OutlierExposure.from_config({"weight": 1, "margin": 0})
+
+
+def test_outlier_head_config_is_checked() -> None:
+    from dicnet_training.outlier_head import OutlierHeadConfig
+
+    assert OutlierHeadConfig.from_config(None).paste_rows == (0.0, 1.0)
+    hc = OutlierHeadConfig.from_config({"epochs": 3, "paste_radius": [10, 20], "max_images": 50})
+    assert (hc.epochs, hc.paste_radius, hc.max_images) == (3, (10.0, 20.0), 50)
+    for bad in ({"epochs": 0}, {"paste_rows": [0.5, 0.2]}, {"paste_radius": "big"}, {"lr": -1}, {"epoch": 3}):
+        with pytest.raises(ValueError, match="outlier_head"):
+            OutlierHeadConfig.from_config(bad)

@@ -88,6 +88,7 @@ def test_full_chain(sim_root: Path, tmp_path: Path) -> None:
     assert math.isfinite(report["segmentation"]["miou"]) and report["speed"]["images_per_second"] > 0
     assert "per-image" in (report_dir / "report.md").read_text()
     _check_maxlogit_fusion(student_dir / "best.pt", tmp_path)
+    _check_outlier_head(sim_root, student_dir / "best.pt", tmp_path)
 
 
 def _check_maxlogit_fusion(pair: Path, tmp_path: Path) -> None:
@@ -117,6 +118,48 @@ def _check_maxlogit_fusion(pair: Path, tmp_path: Path) -> None:
     assert np.allclose(ort_score, published[0].numpy(), atol=1e-4)
     stats = meta.calibration["score_stats"]  # of the fused score: standardised, so it is centred near 0
     assert stats["p50"] <= meta.threshold <= stats["max"] and abs(stats["mean"]) < 0.5
+
+
+def _check_outlier_head(root: Path, pair: Path, tmp_path: Path) -> None:
+    """fit-outlier-head -> calibrate: the fusion uses the refitted head's MaxLogit (torch and ONNX alike), the
+    teacher, its class ids and its MSP / MaxLogit baselines stay as they were, and a checkpoint that names the
+    fusion without a head is refused."""
+    from dicnet_training.export import ExportOptions, export_onnx
+
+    from dicnet_ros.inference.ort_backend import OrtModel
+    from dicnet_ros.model.checkpoint import CheckpointError, save_checkpoint
+    from dicnet_ros.model.scoring import baseline_score
+
+    headed, calibrated = tmp_path / "headed.pt", tmp_path / "headed_cal.pt"
+    assert dicnet(["fit-outlier-head", "--checkpoint", str(pair), "--out", str(headed),
+                   *_ci(root, "outlier_head.epochs=4")]) == 0
+    data = load_checkpoint(headed)
+    fit = data["metadata"]["training"]["outlier_head"]
+    assert data["model_config"]["score_fusion"] == "outlier_maxlogit" and data["metadata"]["threshold"] is None
+    assert fit["cells"]["outlier"] > 0 and fit["history"][-1]["loss"] < fit["history"][0]["loss"]
+    assert not torch.equal(data["outlier_head"]["weight"], data["teacher"]["head.2.weight"])
+    assert dicnet(["calibrate", "--checkpoint", str(headed), "--out", str(calibrated), "--no-progress",
+                   "--device", "cpu"]) == 0
+    model, meta, _ = model_from_checkpoint(calibrated)
+    plain, _, _ = model_from_checkpoint(pair)
+    m_d, s_d, m_l, s_l = meta.calibration["fusion_norm"]
+    image = torch.randint(0, 256, (1, 72, 128, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        t, s = model.features(image)
+        head_maxlogit = baseline_score(model.outlier_head(torch.relu(t.feature)), "maxlogit")
+        expected = (model.score_features(t.feature, s, fusion="none") - m_d) / s_d + (head_maxlogit - m_l) / s_l
+        assert torch.allclose(model.score_features(t.feature, s, logits=t.logits, fusion="outlier_maxlogit"),
+                              expected, atol=1e-5)
+        out, before = model(image), plain(image)
+    assert torch.equal(out.semantic_labels, before.semantic_labels)
+    assert torch.allclose(out.maxlogit_score, before.maxlogit_score) and torch.allclose(out.msp_score, before.msp_score)
+    onnx_path = export_onnx(calibrated, tmp_path / "headed.onnx", ExportOptions()).onnx_path
+    assert np.allclose(OrtModel(onnx_path, device="cpu").infer(image[0].numpy()).anomaly_score,
+                       out.anomaly_score[0].numpy(), atol=1e-4)
+    broken = {k: v for k, v in load_checkpoint(calibrated).items() if k not in ("format", "outlier_head")}
+    save_checkpoint(tmp_path / "no_head.pt", broken)
+    with pytest.raises(CheckpointError, match="fit-outlier-head"):
+        model_from_checkpoint(tmp_path / "no_head.pt")
 
 
 @pytest.mark.parametrize("stage", ["teacher", "student"])

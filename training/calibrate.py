@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="set the model's k x k score smoothing (odd, 1 = off) before calibrating")
     parser.add_argument("--score-fusion", choices=("none", "maxlogit"), default=None,
                         help="set the model's score fusion before calibrating: maxlogit adds the teacher's MaxLogit, "
-                             "both standardised on in-distribution pixels of --split (no anomaly labels)")
+                             "both standardised on in-distribution pixels of --split (no anomaly labels); a "
+                             "checkpoint from fit-outlier-head keeps its outlier_maxlogit fusion unless set here "
+                             "(which drops the outlier head)")
     parser.add_argument("--score-class-window", type=int, default=None, metavar="K",
                         help="set the model's k x k class-guided averaging of the published score (odd, 1 = off) "
                              "before calibrating")

@@ -57,8 +57,8 @@ def score_statistics(scores: np.ndarray, target_fpr: float) -> dict[str, float]:
 
 @torch.no_grad()
 def estimate_fusion_norm(model: DiCNet, loader: Any, device: torch.device, show: bool = False) -> torch.Tensor:
-    """(mean, std) of the discrepancy score and of MaxLogit over every feature cell of in-distribution images:
-    what the MaxLogit fusion standardises both with (no anomaly labels involved)."""
+    """(mean, std) of the discrepancy score and of the fused MaxLogit (the teacher's or the outlier head's) over
+    every feature cell of in-distribution images: what the fusion standardises both with (no anomaly labels)."""
     sums = torch.zeros(2, 2, dtype=torch.float64)  # [discrepancy, maxlogit] x [sum, sum of squares]
     count = 0
     for groups in progress(loader, show, desc="fusion"):
@@ -66,7 +66,7 @@ def estimate_fusion_norm(model: DiCNet, loader: Any, device: torch.device, show:
             x = model.network_input(images.to(device))
             out = model.teacher(x)
             score = model.score_features(out.feature.float(), model.student(x).float(), fusion="none")
-            maxlogit = baseline_score(out.logits.float(), "maxlogit")
+            maxlogit = baseline_score(model.fusion_logits(out.feature.float(), out.logits.float()).float(), "maxlogit")
             for row, values in enumerate((score, maxlogit)):
                 v = values.double().cpu()
                 sums[row, 0] += v.sum()
@@ -132,6 +132,10 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
     if score_fusion is not None:
         if score_fusion not in SCORE_FUSIONS:
             raise ValueError(f"score fusion must be one of {SCORE_FUSIONS}")
+        if score_fusion == "outlier_maxlogit" and model.outlier_head is None:
+            raise ValueError("score fusion 'outlier_maxlogit' needs an outlier head: run `dicnet fit-outlier-head`")
+        if score_fusion != "outlier_maxlogit":
+            model.outlier_head = None
         model.config = ModelConfig.from_dict({**model.config.to_dict(), "score_fusion": score_fusion})
     if score_class_window is not None:
         model.config = ModelConfig.from_dict({**model.config.to_dict(), "score_class_window": int(score_class_window)})
@@ -185,7 +189,9 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
         "threshold_rule": f"quantile {1 - target_fpr:g} of normal {split} pixel scores ({mode} mode)",
     }
     checkpoint_metadata({"metadata": meta.__dict__}, str(checkpoint))  # validate before writing
-    payload = {k: v for k, v in data.items() if k != "format"}
+    payload = {k: v for k, v in data.items() if k not in ("format", "outlier_head")}
+    if model.outlier_head is not None:
+        payload["outlier_head"] = {k: v.detach().cpu() for k, v in model.outlier_head.state_dict().items()}
     payload.update({"metadata": dict(meta.__dict__), "mu_c": meta.calibration["mu_c"],
                     "model_config": model.config.to_dict(), "train_state": None})
     target = Path(out_path) if out_path else Path(checkpoint)

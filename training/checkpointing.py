@@ -44,6 +44,9 @@ def model_config_from(cfg: dict[str, Any], num_classes: int) -> ModelConfig:
     """ModelConfig from the config's ``model`` section and the dataset's class count."""
     fields = dict(cfg.get("model") or {})
     fields["num_classes"] = num_classes
+    if fields.get("score_fusion") == "outlier_maxlogit":
+        raise ValueError("model.score_fusion 'outlier_maxlogit' is set by `dicnet fit-outlier-head` on a distilled "
+                         "pair; train the teacher and the student with 'maxlogit' (or 'none')")
     return ModelConfig.from_dict(fields)
 
 
@@ -83,6 +86,8 @@ def save_stage(path: str | Path, model: DiCNet, metadata: ModelMetadata, stage: 
                     if include_student else None),
         "mu_c": mu.tolist() if bool(mu.abs().sum() > 0) else None,
         "train_state": train_state,
+        **({"outlier_head": {k: v.detach().cpu() for k, v in model.outlier_head.state_dict().items()}}
+           if model.outlier_head is not None else {}),
     }
     return save_checkpoint(path, payload)
 

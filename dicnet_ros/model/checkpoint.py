@@ -84,6 +84,11 @@ def model_from_checkpoint(path: str | Path, require_student: bool = True) -> tup
             model.student.load_state_dict(data["student"])
         elif require_student:
             raise CheckpointError(f"{path}: checkpoint holds only a teacher; run `dicnet distill` first")
+        if model.outlier_head is not None:
+            if data.get("outlier_head") is None:
+                raise CheckpointError(f"{path}: score_fusion 'outlier_maxlogit' but no outlier head in the checkpoint; "
+                                      "run `dicnet fit-outlier-head` on it")
+            model.outlier_head.load_state_dict(data["outlier_head"])
     except RuntimeError as exc:
         if isinstance(exc, CheckpointError):
             raise

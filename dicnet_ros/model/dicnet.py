@@ -38,7 +38,8 @@ class ModelConfig:
     teacher_norm: str = "bn_affine"
     scoring_mode: str = "paper"
     score_smoothing: int = 1  # k x k mean of the score at feature resolution (1 = off, as in the paper)
-    score_fusion: str = "none"  # "maxlogit": + the teacher's standardised MaxLogit (scoring.py); "none" = the paper
+    score_fusion: str = "none"  # "maxlogit": + the teacher's standardised MaxLogit, "outlier_maxlogit": + the outlier
+    # head's (scoring.py); "none" = the paper
     score_class_window: int = 1  # k x k class-guided average of the published score (scoring.py; 1 = off)
     aux_head: bool = False
     dropout: float = 0.1
@@ -159,6 +160,9 @@ class DiCNet(nn.Module):
         self.student = Student(cfg)
         self.register_buffer("mu_c", torch.zeros(cfg.feature_channels))
         self.register_buffer("fusion_norm", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        # the outlier-exposed copy of the teacher's classifier whose MaxLogit the "outlier_maxlogit" fusion uses
+        self.outlier_head = (nn.Conv2d(cfg.feature_channels, cfg.num_classes, 1)
+                             if cfg.score_fusion == "outlier_maxlogit" else None)
 
     @property
     def scoring_mode(self) -> str:
@@ -188,8 +192,18 @@ class DiCNet(nn.Module):
         if logits is None and (fusion != "none" or window > 1):
             raise ValueError(f"score_fusion {fusion!r} / score_class_window {window} need the teacher's logits")
         if fusion != "none":
-            score = fuse_with_maxlogit(score, logits, self.fusion_norm)
+            score = fuse_with_maxlogit(score, self.fusion_logits(teacher_feature, logits, fusion), self.fusion_norm)
         return class_guided_average(score, logits, window) if window > 1 else score
+
+    def fusion_logits(self, teacher_feature: torch.Tensor, logits: torch.Tensor,
+                      fusion: str | None = None) -> torch.Tensor:
+        """The logits whose MaxLogit the fusion adds: the outlier head's for ``outlier_maxlogit``, else the
+        teacher's own."""
+        if (fusion or self.config.score_fusion) != "outlier_maxlogit":
+            return logits
+        if self.outlier_head is None:
+            raise ValueError("score_fusion 'outlier_maxlogit' needs an outlier head: run `dicnet fit-outlier-head`")
+        return self.outlier_head(F.relu(teacher_feature.to(self.outlier_head.weight.dtype)))
 
     def features(self, images: torch.Tensor) -> tuple[TeacherOutput, torch.Tensor]:
         """Teacher output and student feature for uint8 images: the one pass evaluation derives every map from."""

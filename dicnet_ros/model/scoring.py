@@ -22,7 +22,11 @@ Fusion (``SCORE_FUSIONS``, ``none`` = the paper): ``maxlogit`` adds the teacher'
 each standardised by its mean and standard deviation on in-distribution pixels (``fusion_norm``, estimated by
 ``dicnet calibrate``; no anomaly label is used). The two disagree where it matters: the discrepancy is high on
 rare known classes the student reproduces badly, MaxLogit on class boundaries and on objects the teacher
-confidently calls something; a pixel high in both is rarely normal.
+confidently calls something; a pixel high in both is rarely normal. ``outlier_maxlogit`` fuses, the same way,
+the MaxLogit of an *outlier head* instead of the teacher's classifier: a copy of that classifier (1x1 convolution
+on the ReLU of the teacher feature) refitted with the features frozen so that its logits stay low on outlier
+proxies (``dicnet fit-outlier-head``, ``training/outlier_head.py``). The teacher, its class ids and the MSP /
+MaxLogit baselines are untouched; only the fused term changes.
 
 Class-guided averaging (``class_window`` k > 1, default off): each pixel's score is averaged with the mean score of
 the pixels around it (k x k at feature resolution) that the teacher puts in the same class, weighted by the
@@ -38,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 SCORING_MODES = ("paper", "code")
-SCORE_FUSIONS = ("none", "maxlogit")
+SCORE_FUSIONS = ("none", "maxlogit", "outlier_maxlogit")
 TEACHER_NORMS = ("bn_affine", "standardized")
 BASELINES = ("msp", "maxlogit", "entropy")
 
