@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from dicnet_training import data as tdata
 from dicnet_training import distributed as tdist
+from dicnet_training.checkpointing import cpu_state_dict
 from dicnet_training.engine import progress
 
 from dicnet_ros.model.checkpoint import checkpoint_metadata, load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -191,7 +192,7 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
     checkpoint_metadata({"metadata": meta.__dict__}, str(checkpoint))  # validate before writing
     payload = {k: v for k, v in data.items() if k not in ("format", "outlier_head")}
     if model.outlier_head is not None:
-        payload["outlier_head"] = {k: v.detach().cpu() for k, v in model.outlier_head.state_dict().items()}
+        payload["outlier_head"] = cpu_state_dict(model.outlier_head)
     payload.update({"metadata": dict(meta.__dict__), "mu_c": meta.calibration["mu_c"],
                     "model_config": model.config.to_dict(), "train_state": None})
     target = Path(out_path) if out_path else Path(checkpoint)

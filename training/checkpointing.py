@@ -73,6 +73,11 @@ def build_metadata(model: DiCNet, spec: Any, cfg: dict[str, Any], stage: str,
     )
 
 
+def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's weights detached on the CPU: what every checkpoint stores."""
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
 def save_stage(path: str | Path, model: DiCNet, metadata: ModelMetadata, stage: str,
                train_state: dict[str, Any] | None = None, include_student: bool = True) -> Path:
     """Write a teacher-only (``stage='teacher'``) or pair (``stage='student'``) checkpoint atomically."""
@@ -81,12 +86,12 @@ def save_stage(path: str | Path, model: DiCNet, metadata: ModelMetadata, stage: 
         "stage": stage,
         "model_config": model.config.to_dict(),
         "metadata": asdict(metadata),
-        "teacher": {k: v.detach().cpu() for k, v in model.teacher.state_dict().items()},
-        "student": ({k: v.detach().cpu() for k, v in model.student.state_dict().items()}
+        "teacher": cpu_state_dict(model.teacher),
+        "student": (cpu_state_dict(model.student)
                     if include_student else None),
         "mu_c": mu.tolist() if bool(mu.abs().sum() > 0) else None,
         "train_state": train_state,
-        **({"outlier_head": {k: v.detach().cpu() for k, v in model.outlier_head.state_dict().items()}}
+        **({"outlier_head": cpu_state_dict(model.outlier_head)}
            if model.outlier_head is not None else {}),
     }
     return save_checkpoint(path, payload)

@@ -93,8 +93,8 @@ def cache_cells(model: Any, ds: Any, hc: OutlierHeadConfig, device: torch.device
     rng = np.random.default_rng(hc.seed)
     feats, targets = [], []
     for start in progress(range(0, count, batch), show, desc="outlier-head cache"):
-        pairs = [resize_pair(ds[i].image, ds[i].label, (pp.height, pp.width)) for i in range(start,
-                                                                                           min(start + batch, count))]
+        samples = [ds[i] for i in range(start, min(start + batch, count))]
+        pairs = [resize_pair(s.image, s.label, (pp.height, pp.width)) for s in samples]
         images = np.stack([p[0] for p in pairs])
         labels = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
         pasted = paste_outlier_shapes(images, rng, hc.paste_probability, radius=hc.paste_radius, rows=hc.paste_rows)
@@ -146,6 +146,7 @@ def fit_outlier_head(checkpoint: str | Path, cfg: dict[str, Any], out_path: str 
     it (uncalibrated: the fusion statistics and threshold depend on the head)."""
     from dicnet_training import data as tdata
     from dicnet_training import distributed as tdist
+    from dicnet_training.checkpointing import cpu_state_dict
 
     from dicnet_ros.model.checkpoint import checkpoint_metadata, load_checkpoint, model_from_checkpoint, save_checkpoint
     from dicnet_ros.model.dicnet import ModelConfig
@@ -204,7 +205,7 @@ def fit_outlier_head(checkpoint: str | Path, cfg: dict[str, Any], out_path: str 
     checkpoint_metadata({"metadata": meta.__dict__}, str(checkpoint))  # validate before writing
     payload = {k: v for k, v in data.items() if k != "format"}
     payload.update({"metadata": dict(meta.__dict__), "model_config": model.config.to_dict(), "train_state": None,
-                    "outlier_head": {k: v.detach().cpu() for k, v in head.state_dict().items()}})
+                    "outlier_head": cpu_state_dict(head)})
     target = Path(out_path) if out_path else Path(checkpoint)
     save_checkpoint(target, payload)
     log.info("checkpoint with outlier head written to %s (run `dicnet calibrate` on it next)", target)
