@@ -32,16 +32,13 @@ class OutlierExposure:
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> OutlierExposure:
         section = dict(section or {})
-        unknown = set(section) - {"weight", "margin", "paste_probability", "paste_radius", "paste_rows"}
+        unknown = set(section) - {"weight", "margin", *PASTE_KEYS}
         if unknown:
             raise ValueError(f"student.outlier_exposure: unknown keys {sorted(unknown)}")
-        ranges = {key: _pair(section.pop(key, getattr(cls, key)), key) for key in ("paste_radius", "paste_rows")}
-        oe = cls(**{k: float(v) for k, v in section.items()}, **ranges)
-        if (oe.weight < 0 or oe.margin <= 0 or not 0 <= oe.paste_probability <= 1
-                or not 0 < oe.paste_radius[0] <= oe.paste_radius[1]
-                or not 0 <= oe.paste_rows[0] <= oe.paste_rows[1] <= 1):
-            raise ValueError(f"student.outlier_exposure: need weight >= 0, margin > 0, 0 <= paste_probability <= 1, "
-                             f"0 < paste_radius low <= high, 0 <= paste_rows low <= high <= 1, got {oe}")
+        pastes = parse_paste_settings(section, "student.outlier_exposure", cls)
+        oe = cls(**{k: float(v) for k, v in section.items()}, **pastes)
+        if oe.weight < 0 or oe.margin <= 0:
+            raise ValueError(f"student.outlier_exposure: need weight >= 0, margin > 0, got {oe}")
         return oe
 
     @property
@@ -49,13 +46,27 @@ class OutlierExposure:
         return self.weight > 0
 
 
-def _pair(value: Any, key: str) -> tuple[float, float]:
-    """A [low, high] config entry as two floats, or a clear error naming the key."""
-    try:
-        low, high = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"student.outlier_exposure.{key}: need [low, high], got {value!r}") from None
-    return low, high
+PASTE_KEYS = ("paste_probability", "paste_radius", "paste_rows")
+
+
+def parse_paste_settings(section: dict[str, Any], where: str, defaults: Any) -> dict[str, Any]:
+    """Pop and check the pasted-polygon keys (``PASTE_KEYS``, see ``paste_outlier_shapes``) of a config section;
+    missing keys take ``defaults``' attributes. One definition for every stage that pastes outlier proxies."""
+    out: dict[str, Any] = {}
+    for key in PASTE_KEYS:
+        value = section.pop(key, getattr(defaults, key))
+        try:
+            out[key] = float(value) if key == "paste_probability" else tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            out[key] = None
+        if out[key] is None or (key != "paste_probability" and len(out[key]) != 2):
+            raise ValueError(f"{where}.{key}: need {'a number' if key == 'paste_probability' else '[low, high]'}, "
+                             f"got {value!r}")
+    probability, radius, rows = (out[k] for k in PASTE_KEYS)
+    if not 0 <= probability <= 1 or not 0 < radius[0] <= radius[1] or not 0 <= rows[0] <= rows[1] <= 1:
+        raise ValueError(f"{where}: need 0 <= paste_probability <= 1, 0 < paste_radius low <= high, "
+                         f"0 <= paste_rows low <= high <= 1, got {out}")
+    return out
 
 
 def feature_cell_masks(outlier: torch.Tensor, valid: torch.Tensor,
