@@ -151,13 +151,16 @@ def test_score_smoothing_exports_with_parity(tmp_path: Path) -> None:
     assert _metadata(result.onnx_path).model_config["score_smoothing"] == 3
 
 
-def test_score_class_window_exports_with_parity(tmp_path: Path) -> None:
+def test_score_class_window_and_fusion_weights_export_with_parity(tmp_path: Path) -> None:
     from dicnet_ros.inference.random_models import preset_config, random_checkpoint
 
-    ckpt = random_checkpoint(tmp_path / "c.pt", {**preset_config("tiny", 5), "score_class_window": 5}, (96, 64))
+    settings = {"score_class_window": 5, "score_class_weight": 0.3, "score_fusion": "maxlogit",
+                "score_fusion_weight": 2.0}
+    ckpt = random_checkpoint(tmp_path / "c.pt", {**preset_config("tiny", 5), **settings}, (96, 64))
     result = export_onnx(ckpt, tmp_path / "c.onnx", ExportOptions(dynamic=True, check_parity=3))
     assert result.parity["max_rel_error"] <= 1e-4
-    assert _metadata(result.onnx_path).model_config["score_class_window"] == 5
+    stored = _metadata(result.onnx_path).model_config
+    assert {k: stored[k] for k in settings} == settings
 
 
 def _calibration_folder(folder: Path, count: int = 10) -> Path:

@@ -12,7 +12,7 @@ from dicnet_ros.metadata import ModelMetadata
 from dicnet_ros.model import ModelConfig, Teacher, anomaly_score, baseline_score, build_dicnet
 from dicnet_ros.model.backbones import BACKBONES, build_backbone
 from dicnet_ros.model.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from dicnet_ros.model.scoring import class_guided_average, minmax_per_image
+from dicnet_ros.model.scoring import class_guided_average, fuse_with_maxlogit, minmax_per_image
 from dicnet_ros.preprocessing import PreprocessConfig
 
 TINY = {"teacher_backbone": "resnet_lite", "student_backbone": "resnet_lite", "teacher_widths": [8, 8, 16, 16],
@@ -117,18 +117,39 @@ def test_class_guided_average_fills_within_a_class_not_across() -> None:
         class_guided_average(score, logits, 4)
     with pytest.raises(ValueError, match="score_class_window"):
         ModelConfig(num_classes=3, score_class_window=2)
+    # the share of the class mean: 0.25 moves the interior a quarter of the way, 0 leaves the score alone
+    quarter = class_guided_average(score, logits, 3, 0.25)[0, 0]
+    assert quarter[2, 1].item() == pytest.approx(0.25 * 8 / 9, abs=1e-5)
+    assert torch.equal(class_guided_average(score, logits, 3, 0.0), score)
+    with pytest.raises(ValueError, match="class weight"):
+        class_guided_average(score, logits, 3, 1.5)
+    with pytest.raises(ValueError, match="score_class_weight"):
+        ModelConfig(num_classes=3, score_class_weight=-0.1)
+
+
+def test_fusion_weight_scales_the_maxlogit_term_only() -> None:
+    discrepancy = torch.rand(1, 1, 4, 5)
+    logits = torch.randn(1, 3, 4, 5)
+    norm = torch.tensor([0.2, 0.5, -3.0, 2.0])
+    one, two = fuse_with_maxlogit(discrepancy, logits, norm), fuse_with_maxlogit(discrepancy, logits, norm, 2.0)
+    maxlogit_z = (-logits.max(dim=1, keepdim=True).values + 3.0) / 2.0
+    assert torch.allclose(one, (discrepancy - 0.2) / 0.5 + maxlogit_z, atol=1e-6)
+    assert torch.allclose(two - one, maxlogit_z, atol=1e-6)
+    with pytest.raises(ValueError, match="score_fusion_weight"):
+        ModelConfig(num_classes=3, score_fusion_weight=0.0)
 
 
 def test_published_score_applies_the_class_window_and_needs_logits() -> None:
     model = build_dicnet(ModelConfig(num_classes=3, teacher_backbone="resnet_lite", student_backbone="resnet_lite",
                                      teacher_widths=[8, 8, 8, 8], student_widths=[8, 8, 8, 8], feature_channels=8,
-                                     score_class_window=3, teacher_pretrained="none", student_pretrained="none"),
+                                     score_class_window=3, score_class_weight=0.3, teacher_pretrained="none",
+                                     student_pretrained="none"),
                          PreprocessConfig(height=32, width=48)).eval()
     with torch.no_grad():
         t, s = model.features(torch.randint(0, 256, (1, 32, 48, 3), dtype=torch.uint8))
         raw = model.score_features(t.feature, s, fusion="none")
         assert torch.allclose(model.score_features(t.feature, s, logits=t.logits),
-                              class_guided_average(raw, t.logits, 3))
+                              class_guided_average(raw, t.logits, 3, 0.3))
         with pytest.raises(ValueError, match="logits"):
             model.score_features(t.feature, s)
 

@@ -92,25 +92,30 @@ def test_full_chain(sim_root: Path, tmp_path: Path) -> None:
 
 
 def _check_maxlogit_fusion(pair: Path, tmp_path: Path) -> None:
-    """--score-fusion maxlogit: norms from in-distribution pixels, the published score is the standardised sum
-    everywhere (torch forward, ONNX), and the threshold is calibrated on that score."""
+    """--score-fusion maxlogit (weighted, then class-guided): norms from in-distribution pixels, the published score
+    is the standardised weighted sum, class-averaged, everywhere (torch forward, ONNX), and the threshold is
+    calibrated on that score."""
     from dicnet_training.export import ExportOptions, export_onnx
 
     from dicnet_ros.inference.ort_backend import OrtModel
-    from dicnet_ros.model.scoring import baseline_score
+    from dicnet_ros.model.scoring import baseline_score, class_guided_average
 
     fused = tmp_path / "fused.pt"
     assert dicnet(["calibrate", "--checkpoint", str(pair), "--out", str(fused), "--score-fusion", "maxlogit",
+                   "--score-fusion-weight", "2", "--score-class-window", "3", "--score-class-weight", "0.25",
                    "--no-progress", "--device", "cpu"]) == 0
     model, meta, _ = model_from_checkpoint(fused)
     m_d, s_d, m_l, s_l = meta.calibration["fusion_norm"]
     assert model.config.score_fusion == "maxlogit" and s_d > 0 and s_l > 0
+    assert (model.config.score_fusion_weight, model.config.score_class_window, model.config.score_class_weight) == (
+        2.0, 3, 0.25)
     assert torch.allclose(model.fusion_norm, torch.tensor([m_d, s_d, m_l, s_l]))
     image = torch.randint(0, 256, (1, 72, 128, 3), dtype=torch.uint8)
     with torch.no_grad():
         t, s = model.features(image)
         raw = model.score_features(t.feature, s, fusion="none")
-        expected = (raw - m_d) / s_d + (baseline_score(t.logits, "maxlogit") - m_l) / s_l
+        expected = class_guided_average(
+            (raw - m_d) / s_d + 2.0 * (baseline_score(t.logits, "maxlogit") - m_l) / s_l, t.logits, 3, 0.25)
         assert torch.allclose(model.score_features(t.feature, s, logits=t.logits), expected, atol=1e-5)
         published = model(image, network_resolution=True).anomaly_score
     onnx_path = export_onnx(fused, tmp_path / "fused.onnx", ExportOptions(network_resolution=True)).onnx_path

@@ -26,9 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "both standardised on in-distribution pixels of --split (no anomaly labels); a "
                              "checkpoint from fit-outlier-head keeps its outlier_maxlogit fusion unless set here "
                              "(which drops the outlier head)")
+    parser.add_argument("--score-fusion-weight", type=float, default=None, metavar="W",
+                        help="set the weight of the standardised MaxLogit term of the fusion before calibrating")
     parser.add_argument("--score-class-window", type=int, default=None, metavar="K",
                         help="set the model's k x k class-guided averaging of the published score (odd, 1 = off) "
                              "before calibrating")
+    parser.add_argument("--score-class-weight", type=float, default=None, metavar="A",
+                        help="set the share of the same-class mean in the class-guided averaging (0..1) before "
+                             "calibrating")
     parser.add_argument("--out", default=None, help="write a new checkpoint here (default: update in place)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--no-progress", action="store_true")
@@ -62,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("dicnet_training").info("calibrating %s", args.checkpoint)
     cfg = config_for(args.checkpoint, args.config, args.override)
     path = calibrate(args.checkpoint, cfg, args.out, args.split, args.mu_split, args.target_fpr, args.scoring_mode,
-                     args.device, not args.no_progress, args.score_smoothing, args.score_fusion,
-                     args.score_class_window)
+                     args.device, not args.no_progress, args.score_fusion,
+                     {"score_smoothing": args.score_smoothing, "score_class_window": args.score_class_window,
+                      "score_fusion_weight": args.score_fusion_weight, "score_class_weight": args.score_class_weight})
     print(path)
     return 0

@@ -109,12 +109,18 @@ def collect_normal_scores(model: DiCNet, loader: Any, device: torch.device, anom
     return {m: np.concatenate(v) if v else np.zeros(0, np.float32) for m, v in out.items()}
 
 
+SCORE_SETTINGS = ("score_smoothing", "score_class_window", "score_fusion_weight", "score_class_weight")
+
+
 def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path | None = None,
               split: str | None = None, mu_split: str | None = None, target_fpr: float | None = None,
               scoring_mode: str | None = None, device: str | None = None, show_progress: bool = True,
-              score_smoothing: int | None = None, score_fusion: str | None = None,
-              score_class_window: int | None = None) -> Path:
-    """Estimate mu_c and score statistics, set the threshold, and write the calibrated checkpoint atomically."""
+              score_fusion: str | None = None, score_settings: dict[str, Any] | None = None) -> Path:
+    """Estimate mu_c and score statistics, set the threshold, and write the calibrated checkpoint atomically.
+
+    ``score_settings`` sets scoring fields of the model config first (``score_smoothing``, ``score_class_window``,
+    ``score_fusion_weight``, ``score_class_weight``): the statistics and threshold must be those of the score the
+    checkpoint will publish."""
     cal = dict(cfg.get("calibration") or {})
     target_fpr = float(target_fpr if target_fpr is not None else cal.get("target_fpr", 0.01))
     if not 0.0 < target_fpr < 1.0:
@@ -128,8 +134,6 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
         if scoring_mode not in SCORING_MODES:
             raise ValueError(f"scoring mode must be one of {SCORING_MODES}")
         model.config.scoring_mode = scoring_mode
-    if score_smoothing is not None:
-        model.config = ModelConfig.from_dict({**model.config.to_dict(), "score_smoothing": int(score_smoothing)})
     if score_fusion is not None:
         if score_fusion not in SCORE_FUSIONS:
             raise ValueError(f"score fusion must be one of {SCORE_FUSIONS}")
@@ -138,8 +142,12 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
         if score_fusion != "outlier_maxlogit":
             model.outlier_head = None
         model.config = ModelConfig.from_dict({**model.config.to_dict(), "score_fusion": score_fusion})
-    if score_class_window is not None:
-        model.config = ModelConfig.from_dict({**model.config.to_dict(), "score_class_window": int(score_class_window)})
+    settings = {k: v for k, v in (score_settings or {}).items() if v is not None}
+    unknown = set(settings) - set(SCORE_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown score settings {sorted(unknown)}; choose from {SCORE_SETTINGS}")
+    if settings:
+        model.config = ModelConfig.from_dict({**model.config.to_dict(), **settings})
     model.to(ctx.device)
     workers = int((cfg.get("eval") or {}).get("workers", 0))
     batch = int((cfg.get("eval") or {}).get("batch_size", 2))

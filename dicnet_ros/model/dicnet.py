@@ -40,7 +40,9 @@ class ModelConfig:
     score_smoothing: int = 1  # k x k mean of the score at feature resolution (1 = off, as in the paper)
     score_fusion: str = "none"  # "maxlogit": + the teacher's standardised MaxLogit, "outlier_maxlogit": + the outlier
     # head's (scoring.py); "none" = the paper
+    score_fusion_weight: float = 1.0  # weight of the standardised MaxLogit term in the fusion (the discrepancy's is 1)
     score_class_window: int = 1  # k x k class-guided average of the published score (scoring.py; 1 = off)
+    score_class_weight: float = 0.5  # share of the same-class mean in the class-guided average (0 = the score alone)
     aux_head: bool = False
     dropout: float = 0.1
     teacher_pretrained: str | None = None  # None = torchvision cache if present, 'none', or a path
@@ -59,6 +61,10 @@ class ModelConfig:
             raise ValueError(f"score_smoothing must be an odd window size >= 1, got {self.score_smoothing}")
         if self.score_class_window < 1 or self.score_class_window % 2 == 0:
             raise ValueError(f"score_class_window must be an odd window size >= 1, got {self.score_class_window}")
+        if not self.score_fusion_weight > 0:
+            raise ValueError(f"score_fusion_weight must be > 0, got {self.score_fusion_weight}")
+        if not 0.0 <= self.score_class_weight <= 1.0:
+            raise ValueError(f"score_class_weight must be in [0, 1], got {self.score_class_weight}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,8 +198,10 @@ class DiCNet(nn.Module):
         if logits is None and (fusion != "none" or window > 1):
             raise ValueError(f"score_fusion {fusion!r} / score_class_window {window} need the teacher's logits")
         if fusion != "none":
-            score = fuse_with_maxlogit(score, self.fusion_logits(teacher_feature, logits, fusion), self.fusion_norm)
-        return class_guided_average(score, logits, window) if window > 1 else score
+            score = fuse_with_maxlogit(score, self.fusion_logits(teacher_feature, logits, fusion), self.fusion_norm,
+                                       self.config.score_fusion_weight)
+        return (class_guided_average(score, logits, window, self.config.score_class_weight) if window > 1
+                else score)
 
     def fusion_logits(self, teacher_feature: torch.Tensor, logits: torch.Tensor,
                       fusion: str | None = None) -> torch.Tensor:

@@ -26,14 +26,17 @@ confidently calls something; a pixel high in both is rarely normal. ``outlier_ma
 the MaxLogit of an *outlier head* instead of the teacher's classifier: a copy of that classifier (1x1 convolution
 on the ReLU of the teacher feature) refitted with the features frozen so that its logits stay low on outlier
 proxies (``dicnet fit-outlier-head``, ``training/outlier_head.py``). The teacher, its class ids and the MSP /
-MaxLogit baselines are untouched; only the fused term changes.
+MaxLogit baselines are untouched; only the fused term changes. ``score_fusion_weight`` (default 1) weighs the
+standardised MaxLogit term against the discrepancy's.
 
 Class-guided averaging (``class_window`` k > 1, default off): each pixel's score is averaged with the mean score of
 the pixels around it (k x k at feature resolution) that the teacher puts in the same class, weighted by the
 teacher's class probabilities. A large anomaly is often scored high only along its outline, where its interior
 looks like a plain known surface; the teacher tends to give the whole object one (wrong) class, so the outline's
 score spreads into the interior, while the same-class averaging keeps it from leaking across class boundaries
-into the road or sky around it. Label-free, a few pooling operations, in the exported graph.
+into the road or sky around it. ``score_class_weight`` (default 0.5) is the share of the same-class mean: a thin
+anomaly (a limb, a pole-like object) that the teacher merges into the class around it loses less of its score
+at a smaller share. Label-free, a few pooling operations, in the exported graph.
 """
 
 from __future__ import annotations
@@ -68,18 +71,23 @@ def anomaly_score(
     return score
 
 
-def fuse_with_maxlogit(discrepancy: torch.Tensor, logits: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """(discrepancy - m_d) / s_d + (maxlogit - m_l) / s_l at feature resolution; ``norm`` = (m_d, s_d, m_l, s_l)."""
+def fuse_with_maxlogit(discrepancy: torch.Tensor, logits: torch.Tensor, norm: torch.Tensor,
+                       weight: float = 1.0) -> torch.Tensor:
+    """(discrepancy - m_d) / s_d + weight * (maxlogit - m_l) / s_l at feature resolution; ``norm`` = (m_d, s_d, m_l,
+    s_l)."""
     norm = norm.to(discrepancy.dtype)
     maxlogit = baseline_score(logits.to(discrepancy.dtype), "maxlogit")
-    return (discrepancy - norm[0]) / norm[1] + (maxlogit - norm[2]) / norm[3]
+    return (discrepancy - norm[0]) / norm[1] + weight * (maxlogit - norm[2]) / norm[3]
 
 
-def class_guided_average(score: torch.Tensor, logits: torch.Tensor, window: int) -> torch.Tensor:
-    """(score + same-class k x k mean of the score) / 2 at feature resolution; ``window`` 1 = the score unchanged."""
+def class_guided_average(score: torch.Tensor, logits: torch.Tensor, window: int, weight: float = 0.5) -> torch.Tensor:
+    """(1 - weight) * score + weight * (same-class k x k mean of the score) at feature resolution; ``window`` 1 or
+    ``weight`` 0 = the score unchanged."""
     if window < 1 or window % 2 == 0:
         raise ValueError(f"class window must be an odd window size >= 1, got {window}")
-    if window == 1:
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"class weight must be in [0, 1], got {weight}")
+    if window == 1 or weight == 0.0:
         return score
     probs = logits.to(score.dtype).softmax(dim=1)  # (N, K, h, w): soft class membership of every pixel
 
@@ -87,7 +95,7 @@ def class_guided_average(score: torch.Tensor, logits: torch.Tensor, window: int)
         return F.avg_pool2d(x, window, stride=1, padding=window // 2, count_include_pad=False)
 
     class_mean = box(probs * score) / box(probs).clamp_min(1e-6)  # mean score of class k around each pixel
-    return 0.5 * (score + (probs * class_mean).sum(dim=1, keepdim=True))
+    return (1.0 - weight) * score + weight * (probs * class_mean).sum(dim=1, keepdim=True)
 
 
 def discrepancy_channel_sum(teacher_feature: torch.Tensor, student_feature: torch.Tensor) -> torch.Tensor:
