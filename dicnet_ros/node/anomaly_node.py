@@ -31,6 +31,7 @@ from typing import Any
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks, qos_policy_name_from_kind
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -195,10 +196,13 @@ class AnomalyNode(PublishingMixin, Node):
         self._enabled = bool(self._p["enabled"])
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_timer(self._p["diagnostics_period_s"], self._publish_diagnostics)
-        self._first_check = self.create_timer(1.0, self._first_qos_check)
+        # DDS housekeeping runs on the steady clock: under use_sim_time the node clock stands still until a bag
+        # publishes /clock, and a replayed camera's QoS must be followed before its first frame, not after it
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._first_check = self.create_timer(1.0, self._first_qos_check, clock=self._steady)
         if self._p["qos_check_period_s"] > 0:
-            self.create_timer(self._p["qos_check_period_s"], self._check_publisher_qos)
-        self.create_timer(0.5, self._watch_input)
+            self.create_timer(self._p["qos_check_period_s"], self._check_publisher_qos, clock=self._steady)
+        self.create_timer(0.5, self._watch_input, clock=self._steady)
 
     def _subscribe(self, qos: Any) -> None:
         """(Re)create the camera subscription with ``qos``; DDS loss counts of the old one are kept."""
@@ -268,7 +272,7 @@ class AnomalyNode(PublishingMixin, Node):
         if self._p["input_qos"] == "auto" and int(event.current_count_change) > 0 and self._follow_soon is None:
             # soon, not at the next 0.5 s tick (a reliable camera's first frames count), and not from inside this
             # subscription's own event callback, since following may replace the subscription
-            self._follow_soon = self.create_timer(0.02, self._follow_once)
+            self._follow_soon = self.create_timer(0.02, self._follow_once, clock=self._steady)
 
     def _follow_once(self) -> None:
         if self._follow_soon is not None:

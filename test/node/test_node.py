@@ -542,3 +542,20 @@ def test_matched_publisher_without_frames_is_reported(harness: Harness, tiny_onn
     assert "matched" in problem and "no frame arrived" in problem and "Fix:" in problem, problem
     time.sleep(1.5)
     assert node.stats()["no_frame_warnings"] == 1  # once per silence, not every tick
+
+
+def test_auto_qos_follows_a_reliable_camera_before_the_bag_clock_starts(harness: Harness, tiny_onnx: Path) -> None:
+    """use_sim_time with no /clock yet (a bag replay about to start): input_qos auto still re-subscribes reliable
+    to a reliable camera at once (here: within 3 s), so the replay's first frame is not sent to a best-effort
+    subscription that is about to be replaced (`make demo` lost it now and then while the node clock stood still)."""
+    node, _outputs = harness.start("cam_simtime", tiny_onnx, use_sim_time=True, input_qos="auto")
+    topic = "/cam_simtime/anomaly_node/image"
+
+    def node_subscribes_reliable() -> bool:
+        infos = harness.tester.get_subscriptions_info_by_topic(topic)
+        return bool(infos) and all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
+
+    assert not node_subscribes_reliable()  # auto starts best effort, matching any camera
+    harness.publisher(Image, topic, reliable=True)
+    assert wait_until(node_subscribes_reliable, timeout=3.0), harness.tester.get_subscriptions_info_by_topic(topic)
+    assert node.get_clock().now().nanoseconds == 0  # the node clock never moved: no /clock was published
