@@ -6,7 +6,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dicnet_training.losses import OutlierExposure, distillation_loss  # noqa: E402
+from dicnet_training.losses import OutlierExposure, distillation_loss, feature_cell_masks  # noqa: E402
+
+from dicnet_ros.preprocessing import PreprocessConfig  # noqa: E402
 
 
 def test_without_outlier_exposure_it_is_the_papers_mse() -> None:
@@ -29,6 +31,23 @@ def test_outlier_cells_are_pushed_apart_normal_cells_together() -> None:
     assert distillation_loss(s, t, oe, outlier, valid).item() == pytest.approx(0.0)
     s[:, :, 1, 1] = 1.0  # disagrees on a normal cell: Eq. 6 there
     assert distillation_loss(s, t, oe, outlier, valid).item() == pytest.approx(1.0 / 3.0)
+
+
+def test_cell_masks_follow_the_networks_resize_and_padding() -> None:
+    """220 rows are padded to 224 (stride 8) inside the network: an outlier on rows 208-215 is feature row 26
+    only, the half-padded row 27 is neither outlier nor normal; a camera-sized mask is resized like the image."""
+    pp = PreprocessConfig(height=220, width=384)
+    outlier = torch.zeros(1, 220, 384, dtype=torch.bool)
+    outlier[:, 208:216, :8] = True
+    valid = torch.ones_like(outlier)
+    out_cells, normal_cells = feature_cell_masks(outlier, valid, pp.feature_size, pp)
+    assert pp.feature_size == (28, 48)
+    assert out_cells[0, 0, :, 0].nonzero().flatten().tolist() == [26]
+    assert feature_cell_masks(outlier, valid, pp.feature_size)[1][0, 0, 27, 1:].all()  # stretched: row 27 "normal"
+    assert not normal_cells[0, 0, 27].any() and normal_cells[0, 0, 26, 1:].all() and normal_cells[0, 0, :26].all()
+    big = torch.nn.functional.interpolate(outlier[:, None].float(), size=(440, 768), mode="nearest")[:, 0].bool()
+    same = feature_cell_masks(big, torch.ones_like(big), pp.feature_size, pp)
+    assert torch.equal(same[0], out_cells) and torch.equal(same[1], normal_cells)
 
 
 def test_config_is_checked() -> None:

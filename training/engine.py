@@ -499,7 +499,8 @@ def distill(cfg: dict[str, Any], teacher_path: str | Path, run_dir: Path, resume
             with autocast(ctx.device, use_amp):
                 with torch.no_grad():
                     target = model.teacher(x).feature
-                loss = distillation_loss(net(x).float(), target.float(), exposure, outlier, valid)
+                loss = distillation_loss(net(x).float(), target.float(), exposure, outlier, valid,
+                                         model.preprocess_config)
             step = _optimizer_step(loss, optimizer, scaler, scheduler, step, tb, "student")
             loss_sum += loss.detach().double().cpu()
             n += 1

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dicnet_ros.preprocessing import PreprocessConfig
+
 
 @dataclass(frozen=True)
 class OutlierExposure:
@@ -69,16 +71,33 @@ def parse_paste_settings(section: dict[str, Any], where: str, defaults: Any) -> 
     return out
 
 
-def feature_cell_masks(outlier: torch.Tensor, valid: torch.Tensor,
-                       size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel masks (N, H, W) -> feature-cell masks (N, 1, h, w): (mostly outlier, entirely valid normal)."""
+def network_geometry(maps: torch.Tensor, pp: PreprocessConfig, value: float = 0) -> torch.Tensor:
+    """Pixel maps (N, H, W) (masks or class ids) -> (N, Hp, Wp) laid out as ``preprocess`` lays out the image:
+    nearest-resized to the network size, then padded bottom / right with ``value`` to the stride multiple, so
+    that feature cell (i, j) covers exactly the pixels the network saw there."""
+    x = maps[:, None].float()
+    if tuple(x.shape[-2:]) != (pp.height, pp.width):
+        x = F.interpolate(x, size=(pp.height, pp.width), mode="nearest")
+    pad_h, pad_w = pp.padded_size[0] - pp.height, pp.padded_size[1] - pp.width
+    return F.pad(x, (0, pad_w, 0, pad_h), value=value)[:, 0].to(maps.dtype)
+
+
+def feature_cell_masks(outlier: torch.Tensor, valid: torch.Tensor, size: tuple[int, int],
+                       pp: PreprocessConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel masks (N, H, W) -> feature-cell masks (N, 1, h, w): (mostly outlier, entirely valid normal).
+
+    With ``pp`` the masks are first put in the network's geometry (``network_geometry``): the padded rows and
+    columns are neither outlier nor normal. Without it, masks already at the padded size are assumed."""
+    if pp is not None:
+        outlier, valid = network_geometry(outlier, pp), network_geometry(valid, pp)
     share = F.adaptive_avg_pool2d(outlier.float()[:, None], size)
     normal = F.adaptive_avg_pool2d((valid & ~outlier).float()[:, None], size)
     return share > 0.5, normal > 0.999
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, exposure: OutlierExposure | None = None,
-                      outlier: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
+                      outlier: torch.Tensor | None = None, valid: torch.Tensor | None = None,
+                      pp: PreprocessConfig | None = None) -> torch.Tensor:
     """Eq. 6 (MSE to the teacher feature) on normal cells + weight * mean(relu(margin - error)) on outlier cells.
 
     Without outlier exposure (or without masks) this is exactly the paper's MSE over all cells.
@@ -86,7 +105,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, exposure: Ou
     if exposure is None or not exposure.enabled or outlier is None or valid is None:
         return F.mse_loss(student, teacher)
     error = (student - teacher).pow(2).mean(dim=1, keepdim=True)
-    outlier_cells, normal_cells = feature_cell_masks(outlier, valid, tuple(error.shape[-2:]))
+    outlier_cells, normal_cells = feature_cell_masks(outlier, valid, tuple(error.shape[-2:]), pp)
     loss = error[normal_cells].mean() if bool(normal_cells.any()) else error.sum() * 0.0
     if bool(outlier_cells.any()):
         loss = loss + exposure.weight * F.relu(exposure.margin - error[outlier_cells]).mean()

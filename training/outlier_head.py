@@ -73,7 +73,7 @@ def cache_cells(model: Any, ds: Any, hc: OutlierHeadConfig, device: torch.device
     cell that is mostly outlier proxy (dataset proxies + pasted polygons); other cells are left out.
     """
     from dicnet_training.engine import progress
-    from dicnet_training.losses import feature_cell_masks
+    from dicnet_training.losses import feature_cell_masks, network_geometry
 
     from dicnet_ros.data.transforms import paste_outlier_shapes, resize_pair
 
@@ -93,10 +93,9 @@ def cache_cells(model: Any, ds: Any, hc: OutlierHeadConfig, device: torch.device
         known = (labels >= 0) & (labels < model.config.num_classes) & ~outlier
         feature = model.teacher(model.network_input(torch.from_numpy(images).to(device))).feature.float()
         h, w = feature.shape[-2:]
-        pad = (0, pp.padded_size[1] - pp.width, 0, pp.padded_size[0] - pp.height)  # as preprocess pads
-        outlier_cells, normal_cells = feature_cell_masks(F.pad(outlier, pad), F.pad(known | outlier, pad), (h, w))
-        centre = F.pad(labels, pad, value=-1)[:, pp.output_stride // 2::pp.output_stride,
-                                              pp.output_stride // 2::pp.output_stride][:, None, :h, :w]
+        outlier_cells, normal_cells = feature_cell_masks(outlier, known | outlier, (h, w), pp)
+        stride = pp.output_stride
+        centre = network_geometry(labels, pp, -1)[:, stride // 2::stride, stride // 2::stride][:, None, :h, :w]
         target = torch.full_like(centre, -2)
         target[normal_cells & (centre >= 0)] = centre[normal_cells & (centre >= 0)]
         target[outlier_cells] = OUTLIER_TARGET
