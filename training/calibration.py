@@ -20,7 +20,7 @@ from dicnet_training.checkpointing import cpu_state_dict
 from dicnet_training.engine import progress
 
 from dicnet_ros.model.checkpoint import checkpoint_metadata, load_checkpoint, model_from_checkpoint, save_checkpoint
-from dicnet_ros.model.dicnet import DiCNet, ModelConfig
+from dicnet_ros.model.dicnet import SCORE_SETTINGS, DiCNet, ModelConfig
 from dicnet_ros.model.scoring import SCORE_FUSIONS, SCORING_MODES, baseline_score, discrepancy_channel_sum
 from dicnet_ros.preprocessing import restore_size
 
@@ -107,9 +107,6 @@ def collect_normal_scores(model: DiCNet, loader: Any, device: torch.device, anom
                     out[m].append(maps[m][i].reshape(-1)[idx].astype(np.float32))
     log.info("calibration: %d normal pixels kept from %d images", kept, num_images)
     return {m: np.concatenate(v) if v else np.zeros(0, np.float32) for m, v in out.items()}
-
-
-SCORE_SETTINGS = ("score_smoothing", "score_class_window", "score_fusion_weight", "score_class_weight")
 
 
 def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path | None = None,

@@ -22,6 +22,7 @@ from dicnet_training.engine import confusion_to_iou, progress, update_confusion
 
 from dicnet_ros.metrics import AnomalyEvaluator
 from dicnet_ros.model.checkpoint import model_from_checkpoint
+from dicnet_ros.model.dicnet import SCORE_SETTINGS
 from dicnet_ros.model.scoring import baseline_score, minmax_per_image
 from dicnet_ros.preprocessing import restore_size
 
@@ -161,8 +162,7 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
             "teacher_backbone": model.config.teacher_backbone, "student_backbone": model.config.student_backbone,
             "feature_channels": model.config.feature_channels, "teacher_norm": model.config.teacher_norm,
             "scoring_mode": meta.scoring_mode, "score_fusion": model.config.score_fusion,
-            **{k: getattr(model.config, k) for k in ("score_smoothing", "score_fusion_weight", "score_class_window",
-                                                     "score_class_weight")},
+            **{k: getattr(model.config, k) for k in SCORE_SETTINGS},
             "threshold": meta.threshold, "device": str(ctx.device),
             "batch_size": batch, "minmax": minmax, "calibrated": bool(meta.calibration.get("mu_c")),
             "world_size": ctx.world_size,

@@ -22,6 +22,9 @@ from dicnet_ros.model.scoring import (
 )
 from dicnet_ros.preprocessing import PreprocessConfig, preprocess, restore_size
 
+#: ModelConfig fields that shape the published score after training (``dicnet calibrate`` can set them)
+SCORE_SETTINGS = ("score_smoothing", "score_fusion_weight", "score_class_window", "score_class_weight")
+
 
 @dataclass
 class ModelConfig:
