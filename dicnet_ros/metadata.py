@@ -32,6 +32,9 @@ class ModelMetadata:
     scoring_mode: str = "paper"
     teacher_norm: str = "bn_affine"
     threshold: float | None = None  # default mask threshold on the raw score
+    # image-level out-of-domain alarm: domain_score > domain_threshold means the frame is outside the model's world
+    # (null: the model has no domain score, or it was not calibrated)
+    domain_threshold: float | None = None
     anomaly_ids: list[int] = field(default_factory=list)  # of the dataset the model was evaluated on
     ignore_id: int = 255
     calibration: dict[str, Any] = field(default_factory=dict)  # mu_c, score stats, target FPR, split ...
@@ -159,6 +162,7 @@ TOP_LEVEL_RULES: dict[str, FieldRule] = {
     "scoring_mode": (is_string, "a string"),
     "teacher_norm": (is_string, "a string"),
     "threshold": (or_null(is_number), "a number or null"),
+    "domain_threshold": (or_null(is_finite_number), "a finite number or null"),
     "anomaly_ids": (list_of(is_integer), "a list of integers"),
     "ignore_id": (is_integer, "an integer"),
     "calibration": (is_object, "an object"),

@@ -44,6 +44,23 @@ def test_interface_shapes_dtypes_threshold(model) -> None:
     model.warmup(1)
 
 
+def test_batch_matches_one_by_one(model) -> None:
+    """infer_batch runs images of one size as one batch, other sizes apart, and answers in the input order."""
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((48, 64, 3), (60, 40, 3), (48, 64, 3))]
+    batch = model.infer_batch(images)
+    assert [r.timings_ms["batch"] for r in batch] == [2.0, 1.0, 2.0]
+    for image, got in zip(images, batch, strict=True):
+        one = model.infer(image)
+        assert got.anomaly_score.shape == image.shape[:2]
+        np.testing.assert_allclose(got.anomaly_score, one.anomaly_score, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(got.anomaly_mask, got.anomaly_score > model.threshold)
+        assert (got.semantic_labels == one.semantic_labels).mean() > 0.999
+        assert set(got.extras) == set(one.extras)
+    with pytest.raises(ValueError):
+        model.infer_batch([images[0], images[0].astype(np.float32)])
+
+
 def test_backends_agree(tiny_onnx: Path, tiny_checkpoint: Path) -> None:
     image = np.random.default_rng(2).integers(0, 256, (64, 96, 3), dtype=np.uint8)
     a = load_model(tiny_onnx, "onnxruntime", "cpu").infer(image)

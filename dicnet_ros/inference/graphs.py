@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from dicnet_ros.inference.base import ModelLoadError
+from dicnet_ros.inference.base import DOMAIN_KEY, ModelLoadError
 from dicnet_ros.metadata import METADATA_KEY, MetadataError, ModelMetadata
 
 SEPARATE_FORMAT = "dicnet-separate/1"
@@ -24,7 +24,7 @@ INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_score", "semantic_labels")
 # optional outputs (graph name -> InferenceResult.extras key); older exports without them still load, and their
 # extras simply lack the key
-EXTRA_OUTPUTS = {"msp_score": "msp", "maxlogit_score": "maxlogit"}
+EXTRA_OUTPUTS = {"msp_score": "msp", "maxlogit_score": "maxlogit", "domain_score": DOMAIN_KEY}
 # role -> (input names, output names) every graph of that role must have
 GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fused": ((INPUT_NAME,), OUTPUT_NAMES),
@@ -135,25 +135,28 @@ class GraphRunner(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def compose(form: str, runners: dict[str, GraphRunner]) -> Callable[[np.ndarray], tuple]:
-    """(H, W, 3) uint8 -> (score float32 (H', W'), labels uint8 (H', W'), extras) via the fused or separate graphs."""
+def compose(form: str, runners: dict[str, GraphRunner]) -> Callable[[np.ndarray], list[tuple]]:
+    """(N, H, W, 3) uint8 -> one (score float32 (H', W'), labels uint8 (H', W'), extras) per image, via the fused
+    or the separate graphs (both take a batch)."""
 
-    def fused(image: np.ndarray) -> tuple:
-        out = runners["fused"].run({INPUT_NAME: image[None]})
-        return _finish(out)
+    def fused(batch: np.ndarray) -> list[tuple]:
+        return _split(runners["fused"].run({INPUT_NAME: batch}), len(batch))
 
-    def separate(image: np.ndarray) -> tuple:
-        batch = image[None]
+    def separate(batch: np.ndarray) -> list[tuple]:
         teacher = runners["teacher"].run({INPUT_NAME: batch})
         student = runners["student"].run({INPUT_NAME: batch})
-        out = runners["score"].run({**teacher, **student, INPUT_NAME: batch})
-        return _finish(out)
+        return _split(runners["score"].run({**teacher, **student, INPUT_NAME: batch}), len(batch))
 
     return fused if form == "fused" else separate
 
 
-def _finish(out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    score = np.asarray(out["anomaly_score"][0], dtype=np.float32)
-    labels = np.asarray(out["semantic_labels"][0]).astype(np.uint8, copy=False)
-    extras = {key: np.asarray(out[name][0], dtype=np.float32) for name, key in EXTRA_OUTPUTS.items() if name in out}
-    return score, labels, extras
+def _split(out: dict[str, np.ndarray], count: int) -> list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
+    """The batch outputs by name -> per image (score, labels, extras); extras hold the optional outputs present."""
+    results = []
+    for i in range(count):
+        score = np.asarray(out["anomaly_score"][i], dtype=np.float32)
+        labels = np.asarray(out["semantic_labels"][i]).astype(np.uint8, copy=False)
+        extras = {key: np.asarray(out[name][i], dtype=np.float32) for name, key in EXTRA_OUTPUTS.items()
+                  if name in out}
+        results.append((score, labels, extras))
+    return results

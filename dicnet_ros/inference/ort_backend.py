@@ -159,8 +159,11 @@ class OrtModel(AnomalyModel):
         log.info("onnxruntime: %s (%s) on %s", files.path, files.form, ", ".join(used))
 
     def _run(self, image: np.ndarray) -> tuple:
-        check_image_size(image, self.fixed_hw, self.path)
-        return self._call(image)
+        return self._run_batch(image[None])[0]
+
+    def _run_batch(self, batch: np.ndarray) -> list[tuple]:
+        check_image_size(batch[0], self.fixed_hw, self.path)
+        return self._call(batch)
 
     def warmup(self, iterations: int = 2) -> None:
         if self.fixed_hw is None:

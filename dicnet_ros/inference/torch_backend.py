@@ -87,15 +87,20 @@ class TorchModel(AnomalyModel):
         return "fp16" if self.fp16 else "fp32"
 
     def _run(self, image: np.ndarray) -> tuple:
+        return self._run_batch(image[None])[0]
+
+    def _run_batch(self, batch: np.ndarray) -> list[tuple]:
         torch = self.torch
-        x = torch.from_numpy(image)[None].to(self.device, non_blocking=True)
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
             out = self.model(x, network_resolution=self.network_resolution, labels=self.labels)
-        score = out.anomaly_score[0].float().cpu().numpy()
-        labels = out.semantic_labels[0].to(torch.uint8).cpu().numpy()
-        extras = {name: baseline[0].float().cpu().numpy()
-                  for name, baseline in (("msp", out.msp_score), ("maxlogit", out.maxlogit_score))}
-        return score, labels, extras
+        results = []
+        for i in range(len(batch)):
+            extras = {name: baseline[i].float().cpu().numpy()
+                      for name, baseline in (("msp", out.msp_score), ("maxlogit", out.maxlogit_score))}
+            results.append((out.anomaly_score[i].float().cpu().numpy(),
+                            out.semantic_labels[i].to(torch.uint8).cpu().numpy(), extras))
+        return results
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -329,7 +329,7 @@ class TrtModel(AnomalyModel):
                         "`dicnet build-engine --input-size` to do this ahead of time)", hw[1], hw[0])
             self._load_for(hw)
             call = self._calls[hw]
-        return call(image)
+        return call(image[None])[0]
 
     def warmup(self, iterations: int = 2) -> None:
         hw = next(iter(self._calls))

@@ -1,0 +1,108 @@
+"""Ground-truth mask values -> the evaluation label (0 normal, 1 anomaly, 255 void), for every convention.
+
+Why one place: anomaly masks come in many conventions (0/1, 0/255, 0/1 with 255 void, Road Anomaly's 2 = anomaly,
+LostAndFound's object ids 2..200, this package's 255 / 0 / 128). Datasets, bags and ``dicnet evaluate`` all turn
+them into the same three-valued label through a ``LabelEncoding``, so a user names their convention once
+(``--anomaly-values 2 --void-values 255``, or a preset) and every tool reads it the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NORMAL, ANOMALY, VOID = 0, 1, 255
+
+
+def parse_values(text: str | int | list | tuple | None) -> tuple[int, ...]:
+    """``"2"``, ``"1,2"``, ``"2-200"``, ``"0-6,9"`` (or ints / lists of them) -> sorted unique values 0..65535."""
+    if text is None or text == "":
+        return ()
+    if isinstance(text, int) and not isinstance(text, bool):
+        items: list[str] = [str(text)]
+    elif isinstance(text, list | tuple):
+        items = [str(v) for v in text]
+    else:
+        items = [part.strip() for part in str(text).split(",") if part.strip()]
+    values: set[int] = set()
+    for item in items:
+        lo_text, dash, hi_text = item.partition("-") if not item.startswith("-") else (item, "", "")
+        try:
+            lo = int(lo_text)
+            hi = int(hi_text) if dash else lo
+        except ValueError:
+            raise ValueError(f"mask values must be integers or ranges like 2-200, got {item!r}") from None
+        if not 0 <= lo <= hi <= 65535:
+            raise ValueError(f"mask values must lie in 0..65535 with low <= high, got {item!r}")
+        values.update(range(lo, hi + 1))
+    return tuple(sorted(values))
+
+
+def format_values(values: tuple[int, ...]) -> str:
+    """The inverse of ``parse_values`` in its shortest form: ``(2, 3, 4, 9)`` -> ``"2-4,9"``."""
+    parts: list[str] = []
+    start = prev = None
+    for v in values:
+        if prev is not None and v == prev + 1:
+            prev = v
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = v
+    if start is not None:
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+    return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class LabelEncoding:
+    """Which mask values mean anomaly, which are void (excluded), and what every other value means.
+
+    ``normal`` None: every value that is neither anomaly nor void is normal. A tuple: only those values are
+    normal and every other value is void (SMIYC: 0 normal, 1 anomaly, anything else void).
+    """
+
+    name: str
+    anomaly: tuple[int, ...]
+    void: tuple[int, ...] = ()
+    normal: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.anomaly:
+            raise ValueError(f"label encoding {self.name!r}: no anomaly value given")
+        clash = set(self.anomaly) & set(self.void)
+        if clash:
+            raise ValueError(f"label encoding {self.name!r}: values {format_values(tuple(sorted(clash)))} are both "
+                             "anomaly and void")
+
+    def describe(self) -> str:
+        """One line for reports: ``anomaly 2, void 255, other values normal``."""
+        rest = "other values normal" if self.normal is None else (
+            f"normal {format_values(self.normal)}, other values void")
+        void = f", void {format_values(self.void)}" if self.void else ""
+        return f"{self.name}: anomaly {format_values(self.anomaly)}{void}, {rest}"
+
+    def lookup(self, size: int = 256) -> np.ndarray:
+        """Table value -> evaluation label for masks whose values are below ``size``."""
+        table = np.full(size, NORMAL if self.normal is None else VOID, np.uint8)
+        if self.normal is not None:
+            table[[v for v in self.normal if v < size]] = NORMAL
+        table[[v for v in self.void if v < size]] = VOID
+        table[[v for v in self.anomaly if v < size]] = ANOMALY
+        return table
+
+    def apply(self, mask: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 / uint16 mask -> uint8 evaluation label (0 normal, 1 anomaly, 255 void)."""
+        if mask.dtype == np.uint8:
+            return self.lookup(256)[mask]
+        if mask.dtype == np.uint16:
+            return self.lookup(65536)[mask]
+        raise ValueError(f"ground-truth masks must be 8- or 16-bit integers, got {mask.dtype}")
+
+
+def encoding_from_values(anomaly: str | None, void: str | None = None, normal: str | None = None,
+                         name: str = "custom") -> LabelEncoding:
+    """A ``LabelEncoding`` from command-line style value lists (``--anomaly-values 2 --void-values 255``)."""
+    return LabelEncoding(name, parse_values(anomaly), parse_values(void),
+                         parse_values(normal) if normal not in (None, "") else None)
