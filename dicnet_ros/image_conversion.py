@@ -14,8 +14,13 @@ rosbag tools can pass ``rosbags`` message objects; rclpy / sensor_msgs are impor
 from __future__ import annotations
 
 import array
+import os
+import re
 import sys
-from collections.abc import Callable
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import cv2
@@ -61,15 +66,49 @@ class ImageTooLargeError(ImageConversionError):
 
 #: Default pixel limit: a 4096 x 4096 image (fits 4K UHD 3840 x 2160 and DCI 4K 4096 x 2160).
 DEFAULT_MAX_PIXELS = 4096 * 4096
+#: Decode work a compressed frame may cost, in full-size passes over ``max_pixels``: a progressive JPEG is decoded
+#: once per scan (10 scans is typical), so a file that repeats its last scan 1000 times stalls a decoder for
+#: seconds while staying inside the pixel limit. scans x pixels above ``max_pixels x MAX_DECODE_PASSES`` is refused.
+MAX_DECODE_PASSES = 16
+#: The least a JPEG can spend on one 8 x 8 block is about one bit: fewer bytes than pixels / 512 cannot hold the
+#: image it claims (a truncated file, or a bomb whose decoder would invent the rest).
+MIN_JPEG_BITS_PER_BLOCK = 1
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOS, _JPEG_EOI = b"\xff\xda", b"\xff\xd9"
+
+
+def _as_bytes(data: bytes | np.ndarray) -> bytes:
+    return data if isinstance(data, bytes) else np.asarray(data, dtype=np.uint8).reshape(-1).tobytes()
+
+
+def _webp_size(buf: memoryview) -> tuple[int, int] | None:
+    """(width, height) of a RIFF WebP (lossy VP8, lossless VP8L or extended VP8X), from its first chunk."""
+    if len(buf) < 30 or bytes(buf[:4]) != b"RIFF" or bytes(buf[8:12]) != b"WEBP":
+        return None
+    chunk = bytes(buf[12:16])
+    if chunk == b"VP8 " and bytes(buf[23:26]) == b"\x9d\x01\x2a":
+        return int.from_bytes(buf[26:28], "little") & 0x3FFF, int.from_bytes(buf[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L" and buf[20] == 0x2F:
+        bits = int.from_bytes(buf[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        return int.from_bytes(buf[24:27], "little") + 1, int.from_bytes(buf[27:30], "little") + 1
+    return None
+
+
 def compressed_image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header without decoding, or None when the header is not one of those.
+    """(width, height) from a PNG, JPEG or WebP header without decoding, or None for other data.
 
     Why: a few hundred bytes of JPEG can claim 12000 x 12000 pixels, and OpenCV would allocate and decode all of
     them (seconds, gigabytes) before anyone could object; the header answers in microseconds.
     """
     buf = memoryview(np.asarray(data, dtype=np.uint8).reshape(-1)) if not isinstance(data, bytes) else memoryview(data)
-    if len(buf) >= 24 and bytes(buf[:8]) == b"\x89PNG\r\n\x1a\n" and bytes(buf[12:16]) == b"IHDR":
+    if len(buf) >= 24 and bytes(buf[:8]) == _PNG_SIGNATURE and bytes(buf[12:16]) == b"IHDR":
         return int.from_bytes(buf[16:20], "big"), int.from_bytes(buf[20:24], "big")
+    webp = _webp_size(buf)
+    if webp is not None:
+        return webp
     if len(buf) < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
         return None
     pos = 2
@@ -180,12 +219,113 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image), code)
 
 
-def compressed_msg_to_rgb(msg: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """CompressedImage (jpeg / png, colour or grey) -> (H, W, 3) uint8 RGB.
+# What libjpeg / libpng / libwebp print on their own (to the process's stderr) when data is corrupt or truncated.
+_DECODER_MESSAGE = re.compile(
+    r"^(libpng (warning|error)|Corrupt JPEG data|Premature end of JPEG|Invalid (JPEG|SOS|component|crop)|Bogus |"
+    r"Inconsistent progression|Unsupported (JPEG|marker)|Huffman table|Quantization table|Not a JPEG file|"
+    r"JPEG datastream|Empty JPEG image|Warning: unknown JFIF|Scan script|Adobe APP14|JFIF|Didn't expect more|"
+    r"Bad (JPEG|Huffman)|Wrong JPEG|Sampling factors|Maximum supported|Requested features|Application transferred|"
+    r"Failed to|Could not|ERROR|Error)")
+_stderr_lock = threading.Lock()
+_capture_file: Any = None  # one scratch file per process, reused under the lock (creating one costs ~1 ms)
 
-    The size in the PNG / JPEG header is checked against ``max_pixels`` before anything is decoded (None or 0 =
-    no limit, then other formats OpenCV reads are accepted too); with a limit, data whose size cannot be read
-    from its header is refused, since nothing would bound what decoding it costs.
+
+@contextmanager
+def _decoder_messages() -> Iterator[list[str]]:
+    """Collect what the C decoders print to stderr during the block (one line per bad frame would otherwise
+    flood the log past any throttle). Anything else printed meanwhile (other threads' log lines) goes back
+    to stderr unchanged; the list is filled with the decoders' own lines when the block ends."""
+    global _capture_file
+    messages: list[str] = []
+    with _stderr_lock:
+        if _capture_file is None:
+            _capture_file = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the process
+        capture = _capture_file
+        capture.seek(0)
+        capture.truncate(0)
+        with suppress(AttributeError, ValueError, OSError):
+            sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if capture.tell() or os.fstat(capture.fileno()).st_size:
+                capture.seek(0)
+                others = []
+                for line in capture.read().decode("utf-8", "replace").splitlines():
+                    (messages if _DECODER_MESSAGE.match(line.strip()) else others).append(line)
+                if others:
+                    os.write(2, ("\n".join(others) + "\n").encode())
+
+
+def check_compressed(data: bytes | np.ndarray, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                     what: str = "compressed image") -> tuple[int, int] | None:
+    """Everything a compressed frame must pass before it reaches a decoder; (width, height) from its header.
+
+    With a pixel limit: the size must be readable from a PNG / JPEG / WebP header and within ``max_pixels``; a
+    JPEG must end with its end-of-image marker (a truncated file decodes to invented grey), hold at least about
+    one bit per 8 x 8 block, and cost at most ``MAX_DECODE_PASSES`` full-size decodes (scans x pixels); a PNG
+    must end with its IEND chunk. Without a limit (None or 0) nothing is checked and None is returned.
+    """
+    if not max_pixels:
+        return None
+    raw = _as_bytes(data)
+    size = compressed_image_size(raw)
+    if size is None:
+        raise ImageConversionError(f"could not decode {what}: no PNG, JPEG or WebP header ({len(raw)} bytes), so "
+                                   "its size cannot be checked first")
+    width, height = size
+    check_pixel_count(width, height, max_pixels, what=f"{what} (header, {len(raw)} bytes)")
+    if width <= 0 or height <= 0:
+        raise ImageConversionError(f"{what}: header claims {width}x{height} pixels")
+    if raw.startswith(_PNG_SIGNATURE):
+        if b"IEND" not in raw[-64:]:
+            raise ImageConversionError(f"{what}: truncated PNG ({len(raw)} bytes, no IEND chunk at the end)")
+    elif raw.startswith(b"\xff\xd8"):
+        if _JPEG_EOI not in raw[-64:]:
+            raise ImageConversionError(f"{what}: truncated JPEG ({len(raw)} bytes, no end-of-image marker)")
+        blocks = ((width + 7) // 8) * ((height + 7) // 8)
+        if len(raw) * 8 < blocks * MIN_JPEG_BITS_PER_BLOCK:
+            raise ImageConversionError(f"{what}: truncated JPEG ({len(raw)} bytes cannot hold the {width}x{height} "
+                                       "pixels its header claims)")
+        scans = raw.count(_JPEG_SOS)  # 0xFF 0xDA never occurs inside entropy-coded data (0xFF is stuffed there)
+        if scans * width * height > max_pixels * MAX_DECODE_PASSES:
+            raise ImageConversionError(
+                f"{what}: JPEG with {scans} scans of {width}x{height} pixels exceeds the decode budget of "
+                f"{MAX_DECODE_PASSES} x max_input_pixels ({max_pixels}) pixel passes; refused without decoding")
+    return size
+
+
+def decode_compressed(data: bytes | np.ndarray, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                      what: str = "compressed image") -> np.ndarray:
+    """PNG / JPEG / WebP bytes (colour or grey) -> (H, W, 3) uint8 RGB, as the camera recorded it.
+
+    ``check_compressed`` runs first (pixel limit, truncation, decode budget). EXIF orientation is ignored: a camera
+    frame is never re-oriented, so outputs keep the input's size. A frame the decoder calls corrupt (libjpeg /
+    libpng messages) is refused instead of published half-invented; the message is in the error, not on stderr.
+    """
+    check_compressed(data, max_pixels, what)
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else np.asarray(data, np.uint8).reshape(-1)
+    with _decoder_messages() as messages:
+        try:
+            bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        except cv2.error:
+            bgr = None
+    if messages:
+        raise ImageConversionError(f"corrupt {what} ({buf.size} bytes): {bounded(messages[0])}")
+    if bgr is None:
+        raise ImageConversionError(f"could not decode {what} ({buf.size} bytes)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def compressed_msg_to_rgb(msg: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """CompressedImage (jpeg / png / webp, colour or grey) -> (H, W, 3) uint8 RGB via ``decode_compressed``.
+
+    With a pixel limit, data whose size cannot be read from its header is refused, since nothing would bound
+    what decoding it costs; without one (None or 0) other formats OpenCV reads are accepted too.
     """
     fmt = str(getattr(msg, "format", "")).lower()
     if "compresseddepth" in fmt:
@@ -193,16 +333,15 @@ def compressed_msg_to_rgb(msg: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     data = _buffer(msg.data)
     if data.size == 0:
         raise ImageConversionError("compressed image has no data")
-    if max_pixels:
-        size = compressed_image_size(data)
-        if size is None:
-            raise ImageConversionError(f"could not decode compressed image: no PNG or JPEG header (format "
-                                       f"'{bounded(fmt)}', {data.size} bytes), so its size cannot be checked first")
-        check_pixel_count(*size, max_pixels, what=f"compressed image (header, {data.size} bytes)")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ImageConversionError(f"could not decode compressed image (format '{bounded(fmt)}', {data.size} bytes)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return decode_compressed(data, max_pixels, f"compressed image (format '{bounded(fmt)}')")
+
+
+def read_image_file(path: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB under the same rules as camera frames (``decode_compressed``)."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise ImageConversionError(f"{path}: empty file")
+    return decode_compressed(data, max_pixels, str(path))
 
 
 def _check_array(array_: np.ndarray, encoding: str) -> np.ndarray:

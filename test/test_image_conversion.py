@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -18,11 +20,15 @@ import pytest
 from dicnet_ros.image_conversion import (
     SUPPORTED_ENCODINGS,
     ImageConversionError,
+    ImageTooLargeError,
     array_to_image_msg,
+    compressed_image_size,
     compressed_msg_to_rgb,
+    decode_compressed,
     image_msg_to_array,
     image_msg_to_rgb,
     make_image_decoder,
+    read_image_file,
     rgb_to_image_msg,
     to_uint8,
 )
@@ -258,3 +264,98 @@ def test_decoder_falls_back_without_cv_bridge() -> None:
 def test_import_does_not_pull_in_rclpy() -> None:
     code = "import sys, dicnet_ros.image_conversion, dicnet_ros.visualization; assert 'rclpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ------------------------------------------------------------------------------------------ hostile compressed data
+ATTACKS = Path(__file__).with_name("data") / "attacks"
+
+
+def attack(name: str) -> bytes:
+    """An input found by an outside fuzz client (test/data/attacks, byte for byte as found)."""
+    return (ATTACKS / name).read_bytes()
+
+
+def jpeg_bytes(shape: tuple[int, int] = (360, 640), quality: int = 90) -> bytes:
+    image = cv2.resize(RNG.integers(0, 256, (9, 16, 3), dtype=np.uint8), (shape[1], shape[0]))
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def test_exif_orientation_is_ignored() -> None:
+    """A 64x48 frame tagged EXIF Orientation=6 stays 64 wide and 48 high: camera frames are never re-oriented."""
+    data = attack("exif_rot6_64x48.jpg")
+    assert decode_compressed(data).shape == (48, 64, 3)
+    assert compressed_msg_to_rgb(SimpleNamespace(format="jpeg", data=data)).shape == (48, 64, 3)
+
+
+def test_scan_bomb_is_refused_before_decoding() -> None:
+    """4096x4096 grey progressive JPEG whose last scan repeats 1000 times: inside the pixel limit, over the budget."""
+    data = attack("scan_bomb_1000.jpg")
+    assert compressed_image_size(data) == (4096, 4096)
+    with pytest.raises(ImageConversionError, match=r"1006 scans .* decode budget"):
+        decode_compressed(data)
+    # an ordinary progressive frame (libjpeg's 10 scans) decodes
+    rgb = cv2.resize(RNG.integers(0, 256, (9, 16, 3), dtype=np.uint8), (640, 360))
+    progressive = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert progressive.count(b"\xff\xda") > 1
+    assert decode_compressed(progressive).shape == (360, 640, 3)
+
+
+def test_huge_png_is_refused_from_its_header() -> None:
+    with pytest.raises(ImageTooLargeError, match="12000x12000"):
+        decode_compressed(attack("png_12000x12000.png"))
+
+
+@pytest.mark.parametrize(("mutate", "match"), [
+    (lambda d: d[: len(d) // 2], "truncated JPEG .* no end-of-image"),
+    (lambda d: d[: len(d) // 2] + b"\xff\xd9", "corrupt .* Corrupt JPEG data"),
+    (lambda d: d[:3000] + bytes(RNG.integers(0, 256, 2000, dtype=np.uint8)) + d[5000:], "corrupt"),
+    (lambda d: d[:400] + b"\xff\xd9", "cannot hold the 4096x4096"),
+])
+def test_truncated_or_corrupt_jpeg_is_refused_quietly(mutate: Callable[[bytes], bytes], match: str,
+                                                       capfd: pytest.CaptureFixture[str]) -> None:
+    """Never publish a half-invented frame, and say why in the error, not as a stray libjpeg line on stderr."""
+    source = attack("scan_bomb_1000.jpg") if "4096" in match else jpeg_bytes()
+    with pytest.raises(ImageConversionError, match=match):
+        decode_compressed(mutate(source))
+    assert capfd.readouterr().err == ""
+
+
+def test_truncated_or_corrupt_png_is_refused_quietly(capfd: pytest.CaptureFixture[str]) -> None:
+    png = cv2.imencode(".png", RNG.integers(0, 256, (60, 80, 3), dtype=np.uint8))[1].tobytes()
+    with pytest.raises(ImageConversionError, match="truncated PNG"):
+        decode_compressed(png[: len(png) // 2])
+    with pytest.raises(ImageConversionError, match=r"corrupt .* libpng"):
+        decode_compressed(png[:100] + bytes([png[100] ^ 0xFF]) + png[101:])
+    assert capfd.readouterr().err == ""
+
+
+def test_other_stderr_output_during_a_decode_is_kept(capfd: pytest.CaptureFixture[str]) -> None:
+    """Lines other threads print while a decode holds stderr reach it afterwards, unchanged."""
+    import os
+    import threading
+
+    started = threading.Event()
+
+    def noisy() -> None:
+        started.wait()
+        os.write(2, b"[INFO] [0.0] [other]: still here\n")
+
+    thread = threading.Thread(target=noisy)
+    thread.start()
+    big = jpeg_bytes((1080, 1920))
+    for _ in range(5):
+        started.set()
+        decode_compressed(big)
+    thread.join()
+    assert "[INFO] [0.0] [other]: still here" in capfd.readouterr().err
+
+
+def test_webp_header_size_and_file_reading(tmp_path: Path) -> None:
+    rgb = RNG.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for quality in (80, 101):  # lossy VP8 and lossless VP8L
+        data = cv2.imencode(".webp", rgb, [cv2.IMWRITE_WEBP_QUALITY, quality])[1].tobytes()
+        assert compressed_image_size(data) == (53, 37)
+        (tmp_path / "a.webp").write_bytes(data)
+        assert read_image_file(tmp_path / "a.webp").shape == (37, 53, 3)
+    with pytest.raises(ImageTooLargeError):
+        read_image_file(tmp_path / "a.webp", max_pixels=100)

@@ -80,7 +80,7 @@ def test_compressed_size_is_read_from_the_header(ext: str) -> None:
 
 def test_unsized_compressed_data_is_refused_with_a_limit() -> None:
     assert compressed_image_size(b"GIF89a....") is None
-    with pytest.raises(ImageConversionError, match="no PNG or JPEG header"):
+    with pytest.raises(ImageConversionError, match="no PNG, JPEG or WebP header"):
         compressed_msg_to_rgb(_Msg(b"GIF89a" + bytes(100), "gif"))
 
 
