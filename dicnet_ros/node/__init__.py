@@ -1,7 +1,8 @@
 """The ROS 2 anomaly node, one module per concern; its public names are re-exported here.
 
 ``parameters`` (the parameter table and its validation), ``qos``, ``model_loading``, ``allocator``,
-``diagnostics``, ``publishing``, ``anomaly_node`` (the ``AnomalyNode`` class) and ``cli`` (the entry points).
+``diagnostics``, ``input_watch`` and ``domain`` (rclpy-free rules), ``camera`` (one camera's pipeline), ``worker``
+(the batched inference thread), ``anomaly_node`` (the ``AnomalyNode`` class) and ``cli`` (the entry points).
 The names are loaded on first use, so ``dicnet_ros.node.parameters`` can be imported without rclpy.
 """
 
@@ -13,6 +14,11 @@ from typing import Any
 # public name -> the module (in this package) that defines it
 _EXPORTS: dict[str, str] = {
     "AnomalyNode": "anomaly_node",
+    "CameraPipeline": "camera",
+    "CameraSpec": "camera",
+    "InferenceWorker": "worker",
+    "DomainMonitor": "domain",
+    "CAMERA_PARAMETERS": "parameters",
     "NODE_NAME": "parameters",
     "PACKAGE": "anomaly_node",
     "NodeStartupError": "errors",

@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
-from dicnet_ros.inference.base import AnomalyModel
-
 
 def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, np.float64), q)) if len(values) else math.nan
@@ -42,6 +40,7 @@ class NodeStats:
         self.errors = 0
         self.window_latency: deque[float] = deque(maxlen=2000)
         self.window_inference: deque[float] = deque(maxlen=2000)
+        self.window_batch: deque[float] = deque(maxlen=2000)  # batch size each processed frame ran in
         self.timings: deque[tuple[float, float]] = deque(maxlen=2000)
         self.window_processed = 0
         self.window_bad = 0
@@ -63,21 +62,26 @@ class NodeStats:
             return {k: getattr(self, k) for k in COUNTERS}
 
 
-def diagnostic_status(stats: NodeStats, model: AnomalyModel, params: dict[str, Any], enabled: bool,
-                      qos_problems: dict[str, str], input_topic: str, node_name: str,
-                      transport: dict[str, str] | None = None) -> DiagnosticStatus:
-    """The node's status for /diagnostics (level, message, key values); starts the next measurement window."""
+def diagnostic_status(stats: NodeStats, info: dict[str, str], threshold: float, params: dict[str, Any],
+                      enabled: bool, qos_problems: dict[str, str], input_topic: str, name: str,
+                      extra: dict[str, str] | None = None) -> DiagnosticStatus:
+    """One camera's status for /diagnostics (level, message, key values); starts the next measurement window.
+
+    ``info``: the model's ``describe()``; ``threshold``: the camera's mask threshold in use; ``name``: the node's
+    (single camera) or the camera's (``/NAME/anomaly_node``) fully qualified name."""
     now = time.monotonic()
     with stats.lock:
         elapsed = max(now - stats.window_start, 1e-6)
         fps = stats.window_processed / elapsed
         lat = list(stats.window_latency)
         inf = list(stats.window_inference)
+        batch = list(stats.window_batch)
         overhead = [t[1] for t in list(stats.timings)[-len(lat):]] if lat else []
         window_bad, window_errors = stats.window_bad + stats.window_too_large, stats.window_errors
         silent_s = now - stats.last_received
         stats.window_latency.clear()
         stats.window_inference.clear()
+        stats.window_batch.clear()
         stats.window_processed = stats.window_bad = stats.window_too_large = stats.window_errors = 0
         stats.window_start = now
     counters = stats.snapshot()
@@ -96,7 +100,6 @@ def diagnostic_status(stats: NodeStats, model: AnomalyModel, params: dict[str, A
         level, message = DiagnosticStatus.WARN, f"no images on {input_topic} for {silent_s:.0f} s"
     elif warn_ms > 0 and p95 > warn_ms:
         level, message = DiagnosticStatus.WARN, f"latency p95 {p95:.0f} ms > latency_warn_ms {warn_ms:g}"
-    info = model.describe()
     values = {
         "fps": f"{fps:.2f}",
         "latency_p50_ms": f"{_percentile(lat, 50):.2f}",
@@ -104,17 +107,18 @@ def diagnostic_status(stats: NodeStats, model: AnomalyModel, params: dict[str, A
         "inference_p50_ms": f"{_percentile(inf, 50):.2f}",
         "inference_p95_ms": f"{_percentile(inf, 95):.2f}",
         "node_overhead_p50_ms": f"{_percentile(overhead, 50):.2f}",
+        "batch_size_mean": f"{np.mean(batch):.2f}" if batch else "nan",
         **{k: str(v) for k, v in counters.items()},
         "enabled": str(enabled),
-        "threshold": f"{model.threshold:g}",
+        "threshold": f"{threshold:g}",
         "backend": str(info.get("backend")),
         "precision": str(info.get("precision")),
         "device": str(info.get("device")),
         "model": str(info.get("model")),
         "input_topic": input_topic,
         "output_resolution": params["output_resolution"],
-        **(transport or {}),
+        **(extra or {}),
     }
-    return DiagnosticStatus(level=level, name=f"{node_name}: anomaly segmentation",
+    return DiagnosticStatus(level=level, name=f"{name}: anomaly segmentation",
                             message=message, hardware_id=f"{info.get('backend')}:{info.get('device')}",
                             values=[KeyValue(key=k, value=v) for k, v in values.items()])

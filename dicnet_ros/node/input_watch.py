@@ -22,30 +22,32 @@ class InputWatch:
     def __init__(self, silence_s: float) -> None:
         self.silence_s = float(silence_s)
         self.publishers = 0  # currently matched publishers
-        self.matched_at: float | None = None  # when the number of matched publishers last went up
+        self.matched_at: float | None = None  # when the number of matched publishers last went up (monotonic)
+        self.matched_wall_ns: int | None = None  # the same moment on the wall clock (DDS source timestamps)
         self.last_frame: float | None = None
         self._lost_before = 0  # lost counts of replaced subscriptions
-        self._lost_now = 0  # total_count of the current subscription's message_lost event
+        self._lost_now: dict[str, int] = {}  # subscription -> total_count of its message_lost event
         self._lost_in_gaps = 0  # lost frames already matched to sequence gaps
 
     # ------------------------------------------------------------------------------------------ events
     @property
     def lost(self) -> int:
         """Frames DDS reported lost since start (sent after the match, never delivered)."""
-        return self._lost_before + self._lost_now
+        return self._lost_before + sum(self._lost_now.values())
 
-    def lost_total(self, total: int) -> None:
-        self._lost_now = max(self._lost_now, int(total))
+    def lost_total(self, total: int, subscription: str = "") -> None:
+        self._lost_now[subscription] = max(self._lost_now.get(subscription, 0), int(total))
 
     def subscription_replaced(self) -> None:
         """The subscription is re-created (input_qos auto): its loss counter restarts at 0."""
-        self._lost_before += self._lost_now
-        self._lost_now = 0
+        self._lost_before += sum(self._lost_now.values())
+        self._lost_now = {}
         self.publishers = 0
 
-    def matched(self, current: int, now: float) -> None:
+    def matched(self, current: int, now: float, wall_ns: int | None = None) -> None:
         if current > self.publishers:
             self.matched_at = now
+            self.matched_wall_ns = wall_ns
         self.publishers = int(current)
 
     def frame_arrived(self, now: float) -> None:
@@ -59,6 +61,21 @@ class InputWatch:
         explained = min(gap, max(0, self.lost - self._lost_in_gaps))
         self._lost_in_gaps += explained
         return gap - explained
+
+    def missed_before_first(self, first_seq: int, first_ns: int, second_seq: int, second_ns: int) -> int:
+        """Frames a publisher sent to us before the first one we took from it (replaced in the queue while the
+        node was busy): of the ``first_seq - 1`` earlier frames, those published after the match.
+
+        Sequence numbers count from the publisher's first frame, also frames sent before this node existed, so
+        the share sent after the match is estimated from the publisher's own rate (the source timestamps of
+        the first two frames taken) and the match time; without timestamps nothing is counted.
+        """
+        earlier = first_seq - 1
+        if earlier <= 0 or self.matched_wall_ns is None or not first_ns or second_ns <= first_ns:
+            return 0
+        period_ns = (second_ns - first_ns) / max(1, second_seq - first_seq)
+        since_match = (first_ns - self.matched_wall_ns) / period_ns
+        return int(min(earlier, max(0.0, round(since_match))))
 
     # ------------------------------------------------------------------------------------------ reporting
     def silent_publisher_warning(self, now: float, topic: str, reliable: bool, input_qos: str) -> str | None:

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 NODE_NAME = "anomaly_node"
 DEFAULT_MODEL_NAME = "dicnet_sim_default.onnx"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# a camera name becomes a namespace token (/NAME/anomaly_node/...): ROS name rules
+_CAMERA_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+#: What the mask does while a camera is out of domain (the domain score over its threshold for K frames).
+OUT_OF_DOMAIN_MASKS = ("publish", "empty", "suppress")
 
 
 @dataclass(frozen=True)
@@ -87,21 +91,88 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "start.", range=(0.0, 3600.0)),
     ParamSpec("latency_warn_ms", 0.0, "Diagnostics WARN when the p95 stamp-to-publish latency exceeds this; 0 = off.",
               range=(0.0, 60000.0)),
+    ParamSpec("cameras", [], "Camera names served by this one node and one model (e.g. [front, left, right, "
+              "rear]); camera NAME reads /NAME/image_raw (or camera.NAME.image_topic) and publishes what a "
+              "single-camera node in namespace NAME publishes (/NAME/anomaly_node/anomaly_mask, ...). Empty: one "
+              "camera on ~/image with outputs under this node's own name."),
+    ParamSpec("max_batch", 0, "Most frames (one per camera) that go through the model as one batch; 0 = every "
+              "camera with a new frame. Under load the camera that waited longest goes first.", range=(0, 64)),
+    ParamSpec("domain_alarm_frames", 5, "Hysteresis of the out-of-domain alarm: enter it after this many "
+              "consecutive frames whose domain score is above the model's domain threshold, leave it after as "
+              "many below.", range=(1, 1000), dynamic=True),
+    ParamSpec("out_of_domain_mask", "publish", "What the outputs do while a camera is out of domain: publish "
+              "(keep publishing, flagged in ~/domain and /diagnostics), empty (publish an all-zero mask) or "
+              "suppress (publish no score, mask, colour or overlay images; ~/domain continues).",
+              choices=OUT_OF_DOMAIN_MASKS, dynamic=True),
 )
 PARAMETER_NAMES: frozenset[str] = frozenset(p.name for p in PARAMETERS)
 _SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 
+#: Per-camera parameters of a multi-camera node: ``camera.NAME.<name>``; unset ones follow the node's.
+CAMERA_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("image_topic", "", "Camera topic; empty: /NAME/image_raw (compressed: its /compressed topic)."),
+    ParamSpec("image_transport", "", "raw or compressed; empty: the node's image_transport.",
+              choices=("", "raw", "compressed")),
+    ParamSpec("input_qos", "", "Subscription QoS; empty: the node's input_qos.", choices=("", *INPUT_QOS_PRESETS)),
+    ParamSpec("threshold", math.nan, "Mask threshold of this camera; NaN = the node's threshold.", dynamic=True),
+)
+CAMERA_PARAMETER_NAMES: frozenset[str] = frozenset(p.name for p in CAMERA_PARAMETERS)
+_CAMERA_SPECS: dict[str, ParamSpec] = {p.name: p for p in CAMERA_PARAMETERS}
+
+
+def camera_parameter(camera: str, name: str) -> str:
+    """The ROS parameter name of camera ``camera``'s setting ``name`` (``camera.front.image_topic``)."""
+    return f"camera.{camera}.{name}"
+
+
+def split_camera_parameter(full: str) -> tuple[str, str] | None:
+    """``camera.front.threshold`` -> ("front", "threshold"); None for other names."""
+    parts = full.split(".")
+    if len(parts) == 3 and parts[0] == "camera":
+        return parts[1], parts[2]
+    return None
+
+
+def parse_cameras(value: Any) -> list[str]:
+    """The ``cameras`` parameter / ``--cameras a,b`` -> camera names; [] = the single-camera node."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    names = [str(v).strip() for v in items if str(v).strip()]
+    bad = [n for n in names if not _CAMERA_NAME_RE.match(n)]
+    if bad:
+        raise ParameterError(f"parameter 'cameras': camera names must start with a letter and hold only letters, "
+                             f"digits and '_' (they become namespaces), got {', '.join(map(repr, bad))}")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ParameterError(f"parameter 'cameras': names must be unique, got {', '.join(duplicates)} twice")
+    return names
+
+
+def close_names(name: str, valid: Any) -> str:
+    """' (did you mean a, b?)' for a misspelled parameter name, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(valid), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
 
 def _type_name(value: Any) -> str:
-    return {bool: "bool", int: "integer", float: "double", str: "string"}.get(type(value), type(value).__name__)
+    return {bool: "bool", int: "integer", float: "double", str: "string", list: "string array"}.get(
+        type(value), type(value).__name__)
 
 
 def validate_parameter(name: str, value: Any) -> Any:
-    """Return ``value`` (int -> float where a double is expected) or raise ParameterError naming ``name``."""
-    spec = _SPECS.get(name)
+    """Return ``value`` (int -> float where a double is expected) or raise ParameterError naming ``name``.
+
+    ``name`` is a node parameter or a camera parameter ``camera.NAME.<setting>``."""
+    camera = split_camera_parameter(name)
+    spec = _CAMERA_SPECS.get(camera[1]) if camera else _SPECS.get(name)
     if spec is None:
         raise ParameterError(f"unknown parameter '{name}'")
     expected = type(spec.default)
+    if expected is list:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ParameterError(f"parameter '{name}' must be a list of strings, got {value!r}")
+        return parse_cameras(list(value)) if name == "cameras" else list(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not expected:
@@ -114,8 +185,8 @@ def validate_parameter(name: str, value: Any) -> Any:
         raise ParameterError(f"parameter '{name}' must be in [{lo}, {hi}], got {value:g}")
     if name == "device" and not _DEVICE_RE.match(value):
         raise ParameterError(f"parameter 'device' must be auto, cpu, cuda or cuda:N, got {value!r}")
-    if name == "threshold" and math.isinf(value):
-        raise ParameterError(f"parameter 'threshold' must be finite (or NaN = the model's threshold), got {value}")
+    if (name == "threshold" or (camera and camera[1] == "threshold")) and math.isinf(value):
+        raise ParameterError(f"parameter '{name}' must be finite (or NaN = the default threshold), got {value}")
     return value
 
 

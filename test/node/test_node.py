@@ -435,7 +435,7 @@ def test_compressed_input_and_qos_warning(harness: Harness, tiny_onnx: Path) -> 
     # a best-effort camera against this reliable subscription: the node must say so and how to fix it
     harness.tester.create_publisher(CompressedImage, topic, QoSProfile(depth=1,
                                                                        reliability=ReliabilityPolicy.BEST_EFFORT))
-    problems = wait_until(lambda: " ".join(node._qos_problems.values()), timeout=10.0)
+    problems = wait_until(lambda: " ".join(node.camera().qos_problems.values()), timeout=10.0)
     assert "RELIABILITY" in problems or "BEST_EFFORT" in problems
     assert "input_qos" in problems
 
@@ -538,7 +538,7 @@ def test_matched_publisher_without_frames_is_reported(harness: Harness, tiny_onn
     harness.tester.create_publisher(Image, "/cam_silent/anomaly_node/image",
                                     QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
     assert wait_until(lambda: node.stats()["no_frame_warnings"] >= 1, timeout=10.0)
-    problem = node._qos_problems.get("silent:input", "")
+    problem = node.camera().qos_problems.get("silent:input", "")
     assert "matched" in problem and "no frame arrived" in problem and "Fix:" in problem, problem
     time.sleep(1.5)
     assert node.stats()["no_frame_warnings"] == 1  # once per silence, not every tick
