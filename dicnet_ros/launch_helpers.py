@@ -7,11 +7,12 @@ node exit a failure of the launch. No launch / launch_ros / rclpy import here (t
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,13 @@ def effective_namespace(namespace: str, pushed: str | None) -> str:
     if namespace.startswith("/") or not pushed:
         return node_namespace(namespace)
     return node_namespace(f"{pushed}/{namespace}")
+
+
+def parse_camera_list(value: str) -> list[str]:
+    """The cameras launch argument ("front,left" or "[front, left]") -> names, checked like the node checks them."""
+    from dicnet_ros.node.parameters import parse_cameras
+
+    return parse_cameras(value.strip().strip("[]"))
 
 
 def parse_bool(value: str, argument: str) -> bool:
@@ -123,13 +131,27 @@ def _displays(displays: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield from _displays(display.get("Displays") or [])
 
 
-def rviz_config(template: str, namespace: str, image_topic: str, node_name: str = NODE_NAME) -> str:
+def rviz_config(template: str, namespace: str, image_topic: str, node_name: str = NODE_NAME,
+                cameras: Sequence[str] = ()) -> str:
     """The shipped RViz config with its topics moved to ``namespace`` and ``image_topic``.
 
     The shipped file names the default topics (/anomaly_node/..., /camera/image_raw); with namespace:=front the
-    node publishes /front/anomaly_node/..., which a fixed file would never show.
+    node publishes /front/anomaly_node/..., which a fixed file would never show. With ``cameras`` (one node for
+    several cameras) the config shows every camera's overlay, /NAME/anomaly_node/overlay, one display each.
     """
     data = yaml.safe_load(template)
+    if cameras:
+        base = node_namespace(namespace).rstrip("/")
+        overlay = next(d for d in _displays(data["Visualization Manager"]["Displays"])
+                       if isinstance(d.get("Topic"), dict) and str(d["Topic"].get("Value", "")).endswith("/overlay"))
+        displays = []
+        for camera in cameras:
+            display = copy.deepcopy(overlay)
+            display["Name"] = f"{camera} overlay"
+            display["Topic"]["Value"] = f"{base}/{camera}/{node_name}/overlay"
+            displays.append(display)
+        data["Visualization Manager"]["Displays"] = displays
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     node_prefix = resolve_topic("~/", namespace, node_name) + "/"
     camera_topic = resolve_topic(image_topic, namespace, node_name)
     for display in _displays(data["Visualization Manager"]["Displays"]):
@@ -143,10 +165,12 @@ def rviz_config(template: str, namespace: str, image_topic: str, node_name: str 
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
-def rviz_config_name(namespace: str) -> str:
-    """One file per namespace ('anomaly.rviz', 'anomaly_front.rviz'), so two cameras' launches do not clash."""
+def rviz_config_name(namespace: str, cameras: Sequence[str] = ()) -> str:
+    """One file per namespace ('anomaly.rviz', 'anomaly_front.rviz'), so two cameras' launches do not clash; a
+    multi-camera node's config also names its cameras ('anomaly_cameras_front_rear.rviz')."""
     resolved = node_namespace(namespace).strip("/").replace("/", "_")
-    return f"anomaly_{resolved}.rviz" if resolved else "anomaly.rviz"
+    parts = [p for p in (resolved, "cameras_" + "_".join(cameras) if cameras else "") if p]
+    return f"anomaly_{'_'.join(parts)}.rviz" if parts else "anomaly.rviz"
 
 
 def rviz_config_dirs(env: Mapping[str, str]) -> list[Path]:
@@ -155,15 +179,16 @@ def rviz_config_dirs(env: Mapping[str, str]) -> list[Path]:
     return [ros_home / "dicnet_ros" / "rviz", Path(tempfile.gettempdir()) / "dicnet_ros" / "rviz"]
 
 
-def write_rviz_config(template_path: Path, namespace: str, image_topic: str, directories: list[Path]) -> Path:
-    """Write the config for this namespace into the first writable directory; returns its path.
+def write_rviz_config(template_path: Path, namespace: str, image_topic: str, directories: list[Path],
+                      cameras: Sequence[str] = ()) -> Path:
+    """Write the config for this namespace (and cameras) into the first writable directory; returns its path.
 
     Written to a temporary file and renamed, so an RViz of another launch never reads half a file.
     """
-    text = rviz_config(Path(template_path).read_text(encoding="utf-8"), namespace, image_topic)
+    text = rviz_config(Path(template_path).read_text(encoding="utf-8"), namespace, image_topic, cameras=cameras)
     errors: list[str] = []
     for directory in directories:
-        target = directory / rviz_config_name(namespace)
+        target = directory / rviz_config_name(namespace, cameras)
         try:
             directory.mkdir(parents=True, exist_ok=True)
             fd, partial = tempfile.mkstemp(dir=directory, prefix=target.name, suffix=".partial")

@@ -2,8 +2,13 @@
 
     ros2 launch dicnet_ros anomaly.launch.py image_topic:=/camera/image_raw model:=/path/model.onnx
 
-Several cameras = several namespaced includes; every topic then lives under its own namespace
-(/front/anomaly_node/anomaly_mask, /rear/anomaly_node/anomaly_mask), so nothing clashes:
+Several cameras, one node and one model (frames batched through it):
+
+    ros2 launch dicnet_ros anomaly.launch.py cameras:=front,left,right,rear
+
+camera NAME reads /NAME/image_raw (per-camera topics, transports and thresholds: camera.NAME.* in the params
+file) and publishes /NAME/anomaly_node/anomaly_mask, ... exactly like a single-camera node in namespace NAME.
+Or one node per camera, as namespaced includes (every topic under its own namespace, so nothing clashes):
 
     from launch.actions import IncludeLaunchDescription
     from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -21,9 +26,10 @@ Bag replay: ``use_sim_time:=true`` and ``ros2 bag play --clock ...``. A compress
 subscribes <image_topic>/compressed).
 
 ``rviz:=true`` starts RViz (node ``rviz2`` in the same namespace) with rviz/anomaly.rviz rewritten for the
-namespace and image_topic (written to $ROS_HOME/dicnet_ros/rviz/); without RViz installed it warns and runs the
-node alone. The node is required: when it exits with an error (a FATAL at start-up, a crash) the launch stops
-and ``ros2 launch`` exits 1. ``fastdds_profile`` picks the Fast DDS profile of the node process (large images).
+namespace and image_topic, or with one overlay display per camera (written to $ROS_HOME/dicnet_ros/rviz/);
+without RViz installed it warns and runs the node alone. The node is required: when it exits with an error (a
+FATAL at start-up, a crash) the launch stops and ``ros2 launch`` exits 1. ``fastdds_profile`` picks the Fast DDS
+profile of the node process (large images).
 """
 
 from functools import partial
@@ -45,6 +51,7 @@ from dicnet_ros.launch_helpers import (
     find_rviz,
     node_exit_failure,
     parse_bool,
+    parse_camera_list,
     rviz_config_dirs,
     rviz_install_hint,
     write_rviz_config,
@@ -77,15 +84,16 @@ def _on_node_exit(node_name: str, event: ProcessExited, context: LaunchContext) 
         raise NodeFailed(failure)
 
 
-def _rviz(context: LaunchContext, namespace: str, image_topic: str, use_sim_time: bool) -> list[Action]:
-    """RViz with a config for this namespace, or a warning (and nothing) when RViz is not installed."""
+def _rviz(context: LaunchContext, namespace: str, image_topic: str, use_sim_time: bool,
+          cameras: list[str]) -> list[Action]:
+    """RViz with a config for this namespace (and cameras), or a warning (and nothing) without RViz."""
     rviz = find_rviz()
     if rviz is None:
         _logger.warning(rviz_install_hint(context.environment))
         return []
     template = Path(FindPackageShare("dicnet_ros").perform(context)) / "rviz" / "anomaly.rviz"
     try:
-        config = write_rviz_config(template, namespace, image_topic, rviz_config_dirs(context.environment))
+        config = write_rviz_config(template, namespace, image_topic, rviz_config_dirs(context.environment), cameras)
     except OSError as exc:
         _logger.warning(f"{exc}; RViz uses {template} (topics of the default namespace)")
         config = template
@@ -105,7 +113,7 @@ def _anomaly_node(context: LaunchContext, *args: object, **kwargs: object) -> li
 
     Everything that can fail (a bad argument, a missing profile) is checked before the first process starts.
     """
-    overrides: dict[str, str] = {}
+    overrides: dict[str, object] = {}
     for argument, parameter in PARAMETER_ARGUMENTS.items():
         value = LaunchConfiguration(argument).perform(context)
         if value:
@@ -113,6 +121,9 @@ def _anomaly_node(context: LaunchContext, *args: object, **kwargs: object) -> li
     use_sim_time = parse_bool(LaunchConfiguration("use_sim_time").perform(context), "use_sim_time")
     start_rviz = parse_bool(LaunchConfiguration("rviz").perform(context), "rviz")
     image_topic = LaunchConfiguration("image_topic").perform(context)
+    cameras = parse_camera_list(LaunchConfiguration("cameras").perform(context))
+    if cameras:
+        overrides["cameras"] = cameras
     namespace = effective_namespace(LaunchConfiguration("namespace").perform(context),
                                     context.launch_configurations.get("ros_namespace"))
     node_name = f"{namespace.rstrip('/')}/{NODE_NAME}"
@@ -128,11 +139,11 @@ def _anomaly_node(context: LaunchContext, *args: object, **kwargs: object) -> li
         output="screen",
         emulate_tty=True,
         parameters=[LaunchConfiguration("params_file"), {**overrides, "use_sim_time": use_sim_time}],
-        remappings=[("~/image", image_topic), ("~/image/compressed", image_topic + "/compressed")],
+        remappings=[] if cameras else [("~/image", image_topic), ("~/image/compressed", image_topic + "/compressed")],
         additional_env=profile.additional_env,
     )
     required = RegisterEventHandler(OnProcessExit(target_action=node, on_exit=partial(_on_node_exit, node_name)))
-    rviz = _rviz(context, namespace, image_topic, use_sim_time) if start_rviz else []
+    rviz = _rviz(context, namespace, image_topic, use_sim_time, cameras) if start_rviz else []
     return [required, node, *rviz]
 
 
@@ -148,6 +159,10 @@ def generate_launch_description() -> LaunchDescription:
                               description="auto | cpu | cuda | cuda:N; empty: params file, else auto"),
         DeclareLaunchArgument("image_topic", default_value="/camera/image_raw",
                               description="camera topic (sensor_msgs/Image) remapped to ~/image"),
+        DeclareLaunchArgument("cameras", default_value="",
+                              description="comma-separated camera names served by ONE node (e.g. front,left,right,"
+                                          "rear): camera NAME reads /NAME/image_raw and publishes /NAME/anomaly_node/"
+                                          "...; empty: one camera on image_topic"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="node namespace, one per camera"),
         DeclareLaunchArgument("params_file",

@@ -32,7 +32,7 @@ from dicnet_ros.launch_helpers import (
     write_rviz_config,
 )
 from dicnet_ros.node.middleware import PROFILE_ENV
-from dicnet_ros.node.parameters import PARAMETER_NAMES, PARAMETERS, ParameterError, validate_parameter
+from dicnet_ros.node.parameters import PARAMETER_NAMES, PARAMETERS, ParameterError, parse_cameras, validate_parameter
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launch" / "anomaly.launch.py"
@@ -106,8 +106,17 @@ def test_config_keys_exist_and_values_are_valid() -> None:
     for name, value in params.items():
         validate_parameter(name, value)
     # commented-out examples must name real parameters too
-    commented = set(re.findall(r"^\s+#\s*(\w+):", CONFIG.read_text(encoding="utf-8"), flags=re.M))
-    assert commented <= PARAMETER_NAMES, commented - PARAMETER_NAMES
+    text = CONFIG.read_text(encoding="utf-8")
+    commented = set(re.findall(r"^\s+#\s*(\w+):", text, flags=re.M))
+    # the per-camera example: camera: {NAME: {setting: value}} with NAME from the commented cameras list
+    example_cameras = set(parse_cameras(re.search(r"#\s*cameras:\s*\[([^\]]*)\]", text).group(1)))
+    assert commented <= PARAMETER_NAMES | {"camera"} | example_cameras, commented - PARAMETER_NAMES
+    block = yaml.safe_load("\n".join(line.split("#", 1)[1] for line in text.splitlines()
+                                     if re.match(r"^\s+#\s*(camera:|  \w+: \{)", line)))
+    for camera, settings in block["camera"].items():
+        assert camera in example_cameras
+        for name, value in settings.items():
+            validate_parameter(f"camera.{camera}.{name}", value)
 
 
 def test_parameter_table_is_consistent() -> None:

@@ -469,6 +469,7 @@ class CameraPipeline:
         stats = self.stats
         with stats.lock:
             stats.processed += 1
+            stats.batched += int(result.timings_ms.get("batch", 1.0) > 1)
             stats.window_processed += 1
             stats.window_latency.append(latency_ms)
             stats.window_inference.append(inference_ms)

@@ -113,6 +113,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-transport", choices=("raw", "compressed"), help="raw Image or CompressedImage")
     parser.add_argument("--threshold", type=float, help="mask threshold (default: the model's)")
     parser.add_argument("--namespace", help="node namespace (one per camera)")
+    parser.add_argument("--cameras", help="comma-separated camera names served by this ONE node (e.g. "
+                                          "front,left,right,rear): camera NAME reads /NAME/image_raw and publishes "
+                                          "/NAME/anomaly_node/...; per-camera settings: camera.NAME.* parameters")
+    parser.add_argument("--max-batch", type=int, help="most frames (one per camera) per model run; 0 = all waiting")
     parser.add_argument("--use-sim-time", action="store_true", help="use /clock (bag replay)")
     parser.add_argument("--fastdds-profile", default=None,
                         help="Fast DDS profile for large camera images: default the shipped "
@@ -132,6 +136,12 @@ def build_ros_args(args: argparse.Namespace) -> list[str]:
         value = getattr(args, option, None)
         if value is not None:
             ros += ["-p", f"{param}:={value}"]
+    if getattr(args, "cameras", None):
+        from dicnet_ros.node.parameters import parse_cameras
+
+        ros += ["-p", f"cameras:=[{', '.join(parse_cameras(args.cameras))}]"]
+    if getattr(args, "max_batch", None) is not None:
+        ros += ["-p", f"max_batch:={args.max_batch}"]
     if getattr(args, "use_sim_time", False):
         ros += ["-p", "use_sim_time:=true"]
     if getattr(args, "image_topic", None):
@@ -146,7 +156,14 @@ def build_ros_args(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """``dicnet node``."""
-    return run_node(["dicnet-node", *build_ros_args(args)], getattr(args, "fastdds_profile", None))
+    from dicnet_ros.node.errors import ParameterError
+
+    try:
+        ros_args = build_ros_args(args)
+    except ParameterError as exc:
+        print(f"dicnet node: error: {exc}")
+        return 2
+    return run_node(["dicnet-node", *ros_args], getattr(args, "fastdds_profile", None))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 
 #: Counters of ``NodeStats.snapshot`` (and /diagnostics), in the order a frame meets them.
-COUNTERS = ("received", "processed", "dropped_undelivered", "dropped_queue", "dropped_stale", "dropped_too_old",
-            "dropped_too_large", "dropped_bad", "dropped_paused", "errors", "no_frame_warnings")
+COUNTERS = ("received", "processed", "batched", "dropped_undelivered", "dropped_queue", "dropped_stale",
+            "dropped_too_old", "dropped_too_large", "dropped_bad", "dropped_paused", "errors", "no_frame_warnings")
 
 
 class NodeStats:
@@ -29,6 +29,7 @@ class NodeStats:
         self.lock = threading.Lock()
         self.received = 0
         self.processed = 0
+        self.batched = 0  # processed in one model run with other cameras' frames
         self.dropped_stale = 0
         self.dropped_queue = 0
         self.dropped_too_old = 0

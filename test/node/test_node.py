@@ -559,3 +559,49 @@ def test_auto_qos_follows_a_reliable_camera_before_the_bag_clock_starts(harness:
     harness.publisher(Image, topic, reliable=True)
     assert wait_until(node_subscribes_reliable, timeout=3.0), harness.tester.get_subscriptions_info_by_topic(topic)
     assert node.get_clock().now().nanoseconds == 0  # the node clock never moved: no /clock was published
+
+
+def test_one_node_serves_several_cameras(harness: Harness, tiny_onnx: Path) -> None:
+    """cameras: [mcfront, mcrear]: each camera reads /NAME/image_raw (rear compressed), publishes the topics of a
+    single-camera node in namespace NAME with its own header, size, threshold, counters and diagnostics; frames of
+    one size from both cameras run as one batch."""
+    params = {"model_path": str(tiny_onnx), "backend": "onnxruntime", "device": "cpu", "num_threads": 1,
+              "cameras": ["mcfront", "mcrear"], "camera.mcrear.image_transport": "compressed",
+              "camera.mcrear.threshold": -1e9, "diagnostics_period_s": 0.2, "publish_semantic": True}
+    node = AnomalyNode(context=harness.context, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    harness.nodes.append(node)
+    harness.executor.add_node(node)
+    assert [c.spec.name for c in node.cameras] == ["mcfront", "mcrear"]
+    front_out = Outputs(harness.tester, "/mcfront/anomaly_node")
+    rear_out = Outputs(harness.tester, "/mcrear/anomaly_node")
+    assert wait_until(lambda: node.count_subscribers("/mcrear/anomaly_node/anomaly_mask") > 0)
+    front = harness.publisher(Image, "/mcfront/image_raw")
+    rear = harness.publisher(CompressedImage, "/mcrear/image_raw/compressed")
+    rgb = random_image("rgb8", 40, 56)
+    jpeg = CompressedImage(header=header(901, "rear_optical"), format="jpeg")
+    jpeg.data = cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes()
+    send(rear, jpeg, rear_out)
+    send(front, image_msg(random_image("rgb8", 24, 30), "rgb8", 902), front_out)
+    check_outputs(node, front_out, 902, (24, 30))
+    rear_mask = image_msg_to_array(wait_until(lambda: rear_out.with_stamp("anomaly_mask", 901))[-1])
+    assert rear_mask.shape == (40, 56) and (rear_mask == 255).all()  # its own threshold: everything anomalous
+    assert rear_out.with_stamp("anomaly_mask", 901)[-1].header.frame_id == "rear_optical"
+    assert not front_out.with_stamp("anomaly_mask", 901) and not rear_out.with_stamp("anomaly_mask", 902)
+    assert node.stats("mcfront")["processed"] >= 1 and node.stats("mcrear")["processed"] >= 1
+    # both cameras at once, same size: one batch of two (publish pairs until the worker caught both waiting)
+    same = random_image("rgb8", 24, 30)
+    jpeg.data = cv2.imencode(".png", same[:, :, ::-1])[1].tobytes()
+    for sec in range(910, 960):
+        jpeg.header = header(sec, "rear_optical")
+        rear.publish(jpeg)
+        front.publish(image_msg(same, "rgb8", sec))
+        if wait_until(lambda: node.stats("mcrear")["batched"] > 0, timeout=0.2):
+            break
+    assert node.stats("mcrear")["batched"] > 0 and node.stats("mcfront")["batched"] > 0
+    statuses = wait_until(lambda: {s.name: {kv.key: kv.value for kv in s.values} for a in harness.diagnostics
+                                   for s in a.status if s.name.startswith(("/mcfront", "/mcrear", "/anomaly_node"))},
+                          timeout=5.0)
+    assert {"/mcfront/anomaly_node: anomaly segmentation", "/mcrear/anomaly_node: anomaly segmentation",
+            "/anomaly_node: anomaly segmentation"} <= set(statuses)
+    assert statuses["/mcrear/anomaly_node: anomaly segmentation"]["input_topic"] == "/mcrear/image_raw/compressed"
+    assert float(statuses["/mcrear/anomaly_node: anomaly segmentation"]["threshold"]) == -1e9
