@@ -57,7 +57,7 @@ setup(
     entry_points={
         "console_scripts": [
             "dicnet = dicnet_ros.cli:main",
-            "anomaly_node = dicnet_ros.node.cli:main",
+            "anomaly_node = dicnet_ros.node.entry:main",
         ],
     },
 )

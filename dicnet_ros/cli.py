@@ -7,9 +7,12 @@ onnxruntime.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # argparse is imported where it is used: `dicnet node` installs its signal handlers first
+    import argparse
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -31,6 +34,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="dicnet", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -57,6 +62,10 @@ def _load(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "node":  # a Ctrl-C while the node starts must end it quietly: handlers first
+        from dicnet_ros.node.signals import install_stop_handlers
+
+        install_stop_handlers()
     if argv and argv[0] == "--version":
         from dicnet_ros import __version__
 
@@ -68,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown command '{argv[0]}'")
         parser.print_help()
         return 0
+    import argparse
+
     name, rest = argv[0], argv[1:]
     module = _load(name)
     parser = argparse.ArgumentParser(prog=f"dicnet {name}", description=SUBCOMMANDS[name][1])

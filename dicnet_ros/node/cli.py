@@ -3,99 +3,89 @@
 from __future__ import annotations
 
 import argparse
-import signal
+import os
 import threading
-from typing import Any
 
 # Only light imports here: the signal handlers go in before rclpy, OpenCV and the runtimes are imported, so a
 # Ctrl-C during start-up ends the process quietly too.
 from dicnet_ros.node.middleware import PROFILE_ENV, apply_large_image_profile
+from dicnet_ros.node.signals import (
+    ignore_further_signals,
+    install_stop_handlers,
+    leave_with_parent,
+    stop_requested,
+)
 
-
-class _ShutdownRequest:
-    """SIGINT / SIGTERM -> a flag the spin loop polls. The first signal asks for shutdown; later ones (``ros2
-    launch`` forwards a second SIGINT on top of the terminal's) are ignored, so closing the worker and the model
-    is never cut short by a KeyboardInterrupt and every shutdown path exits 0 quietly."""
-
-    def __init__(self) -> None:
-        self.requested = threading.Event()
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _ShutdownRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested.set()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.requested.is_set():
-            # Shutting down on a signal: a late one (ros2 launch forwards a second SIGINT) must not end the exit
-            # with a KeyboardInterrupt, nor kill the process while the interpreter finalizes (Python resets its
-            # own handlers to SIG_DFL then, but leaves SIG_IGN alone).
-            for sig in self._previous:
-                signal.signal(sig, signal.SIG_IGN)
-            return
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+#: the process that started this one, as seen when this module was imported (a later change = the parent died)
+_PARENT_AT_START = os.getppid()
 
 
 def run_node(ros_args: list[str] | None = None, fastdds_profile: str | None = None) -> int:
-    """Init rclpy with ``ros_args`` (argv style) and spin the node until SIGINT / SIGTERM.
+    """Init rclpy with ``ros_args`` (argv style) and spin the node until a stop signal or the parent's death.
 
-    Returns 0 after a signal (also one that arrives while rclpy is imported or the model is loading), 1 on a
-    startup error, 2 for malformed ROS arguments. The signal handlers are installed before anything heavy is
-    imported. The large-image Fast DDS profile is applied before ``rclpy.init`` (see ``node.middleware``): DDS
-    reads it when the first participant is created.
+    Returns 0 after SIGINT / SIGTERM / SIGHUP / SIGQUIT (also one that arrives while rclpy is imported or the model
+    is loading), 1 on a startup error, 2 for malformed ROS arguments. The signal handlers are installed before
+    anything heavy is imported (the entry points install them even earlier). The large-image Fast DDS profile is
+    applied before ``rclpy.init`` (see ``node.middleware``): DDS reads it when the first participant is created.
     """
-    with _ShutdownRequest() as shutdown:
-        import rclpy
-        from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-        from rclpy.signals import SignalHandlerOptions
+    install_stop_handlers()
+    stop = stop_requested()
+    leave_with_parent(_PARENT_AT_START)
+    try:
+        return _spin(ros_args, fastdds_profile, stop)
+    finally:
+        if stop.is_set():
+            ignore_further_signals()
 
-        from dicnet_ros.node.anomaly_node import AnomalyNode
-        from dicnet_ros.node.errors import NodeStartupError
-        from dicnet_ros.node.parameters import NODE_NAME
 
-        logger = rclpy.logging.get_logger(NODE_NAME)
+def _spin(ros_args: list[str] | None, fastdds_profile: str | None, stop: threading.Event) -> int:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from dicnet_ros.node.anomaly_node import AnomalyNode
+    from dicnet_ros.node.errors import NodeStartupError
+    from dicnet_ros.node.parameters import NODE_NAME
+
+    logger = rclpy.logging.get_logger(NODE_NAME)
+    try:
+        apply_large_image_profile(fastdds_profile)
+    except FileNotFoundError as exc:
+        logger.fatal(str(exc))
+        return 2
+    if stop.is_set():
+        return 0
+    try:
+        rclpy.init(args=ros_args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as exc:  # malformed --ros-args: one line, not a traceback
+        logger.fatal(f"cannot initialise ROS: {' '.join(str(exc).split())}")
+        return 2
+    node = None
+    executor = SingleThreadedExecutor()
+    try:
         try:
-            apply_large_image_profile(fastdds_profile)
-        except FileNotFoundError as exc:
+            node = AnomalyNode()
+        except NodeStartupError as exc:
+            if stop.is_set():
+                return 0
             logger.fatal(str(exc))
-            return 2
-        if shutdown.requested.is_set():
-            return 0
-        try:
-            rclpy.init(args=ros_args, signal_handler_options=SignalHandlerOptions.NO)
-        except Exception as exc:  # malformed --ros-args: one line, not a traceback
-            logger.fatal(f"cannot initialise ROS: {' '.join(str(exc).split())}")
-            return 2
-        node = None
-        executor = SingleThreadedExecutor()
-        try:
-            try:
-                node = AnomalyNode()
-            except NodeStartupError as exc:
-                if shutdown.requested.is_set():
-                    return 0
-                logger.fatal(str(exc))
-                return 1
-            executor.add_node(node)
-            while not shutdown.requested.is_set():
-                executor.spin_once(timeout_sec=0.1)
-            return 0
-        except ExternalShutdownException:
-            return 0
-        finally:
-            executor.shutdown()
-            if node is not None:
-                node.close()
-            rclpy.try_shutdown()
+            return 1
+        executor.add_node(node)
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
+        return 0
+    except ExternalShutdownException:
+        return 0
+    finally:
+        executor.shutdown()
+        if node is not None:
+            node.close()
+        rclpy.try_shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console script ``anomaly_node``: plain ROS arguments (``--ros-args -p model_path:=...``)."""
+    install_stop_handlers()
     import sys
 
     return run_node(list(sys.argv if argv is None else argv))

@@ -200,3 +200,49 @@ def test_sigint_during_start_exits_quietly(tiny_onnx: Path, delay: float) -> Non
     time.sleep(delay)
     code = node.stop(signals=2, gap=0.02)
     assert code == 0 and "Traceback" not in node.log, node.log
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGQUIT"])
+def test_every_stop_signal_exits_cleanly(tiny_onnx: Path, signame: str) -> None:
+    """systemd / docker (SIGTERM), a closed terminal (SIGHUP), Ctrl-\\ (SIGQUIT): the same clean stop as Ctrl-C."""
+    node = NodeProcess("-p", f"model_path:={tiny_onnx}", "-p", "backend:=onnxruntime", "-r", "__ns:=/sig")
+    assert node.wait_for("ready:"), node.log
+    node.proc.send_signal(getattr(signal, signame))
+    code = node.proc.wait(timeout=30)
+    assert code == 0 and "Traceback" not in node.log and "core dumped" not in node.log, node.log
+
+
+def _gone(pid: int) -> bool:
+    """The process ended (a zombie waiting for a reaper counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in state or "\nState:\tX" in state
+
+
+def test_node_leaves_when_its_parent_dies(tiny_onnx: Path) -> None:
+    """ros2 launch has no SIGTERM handler: killed, it would orphan its nodes. The node asks the kernel for SIGTERM
+    when its parent dies, and stops cleanly."""
+    code = ("import subprocess, sys; p = subprocess.Popen(sys.argv[1:]); print(p.pid, flush=True); p.wait()")
+    entry = "import sys; from dicnet_ros.node.entry import main; sys.exit(main())"
+    parent = subprocess.Popen([sys.executable, "-c", code, sys.executable, "-c", entry, "--ros-args", "-p",
+                               f"model_path:={tiny_onnx}", "-p", "backend:=onnxruntime", "-r", "__ns:=/orphan"],
+                              env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(parent.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not any("ready:" in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any("ready:" in line for line in lines), "".join(lines)
+    parent.kill()  # SIGKILL: the parent cannot pass anything on
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not _gone(pid):
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the node outlived its parent:\n" + "".join(lines))
