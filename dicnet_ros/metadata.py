@@ -173,15 +173,25 @@ TOP_LEVEL_RULES: dict[str, FieldRule] = {
     "package_version": (is_string, "a string"),
 }
 # optional keys inside the objects above that runtimes read (checked when present)
+#: The largest network / export side a runtime accepts: a file claiming 60000 x 60000 would make the warm-up run
+#: allocate tens of gigabytes before anything could object.
+MAX_SIDE = 8192
+
+
+def is_side(value: Any) -> bool:
+    return is_positive_integer(value) and value <= MAX_SIDE
+
+
 NESTED_RULES: dict[tuple[str, str], FieldRule] = {
-    ("preprocess", "height"): (is_positive_integer, "a positive integer"),
-    ("preprocess", "width"): (is_positive_integer, "a positive integer"),
+    ("preprocess", "height"): (is_side, f"a positive integer up to {MAX_SIDE}"),
+    ("preprocess", "width"): (is_side, f"a positive integer up to {MAX_SIDE}"),
     ("preprocess", "output_stride"): (is_positive_integer, "a positive integer"),
     ("preprocess", "mean"): (list_of(is_finite_number, 3), "a list of 3 numbers"),
     ("preprocess", "std"): (list_of(lambda v: is_finite_number(v) and v > 0, 3), "a list of 3 positive numbers"),
     ("calibration", "mu_c"): (or_null(list_of(is_finite_number)), "a list of numbers or null"),
     ("calibration", "score_stats"): (is_object, "an object"),
-    ("export", "input_size"): (or_null(list_of(is_positive_integer, 2)), "[width, height] (positive integers) or null"),
+    ("export", "input_size"): (or_null(list_of(is_side, 2)), f"[width, height] (positive integers up to {MAX_SIDE}) "
+                                                           "or null"),
     ("export", "dynamic"): (lambda v: isinstance(v, bool), "true or false"),
     ("export", "dtype"): (is_string, "a string"),
     ("export", "output_resolution"): (is_string, "a string"),

@@ -224,8 +224,8 @@ class AnomalyNode(Node):
         self._camera_thresholds = {spec.name: spec.threshold for spec in specs}
         threshold = self._p["threshold"]
         if math.isnan(threshold):
-            if not math.isfinite(self._model_threshold) and not all(
-                    math.isfinite(spec.threshold) for spec in specs if spec.name):
+            inheriting = [spec for spec in specs if not math.isfinite(spec.threshold)]
+            if not math.isfinite(self._model_threshold) and inheriting:
                 raise NodeStartupError(f"model {self._model.path} has no calibrated threshold (its metadata "
                                        "threshold is null): set the threshold parameter (threshold:=VALUE, "
                                        "dicnet node --threshold VALUE)")

@@ -107,8 +107,6 @@ class CameraPipeline:
         self._slot: tuple[Any, float] | None = None
         self.waiting_since: float | None = None  # when the slot last went from empty to full (fair scheduling)
         self._subs: dict[str, Any] = {}  # reliability ("reliable" | "best_effort") -> subscription
-        self._last_seq: dict[bytes, int] = {}  # publisher gid -> last publication sequence number taken
-        self._first_seen: dict[bytes, tuple[int, int]] = {}  # gid -> (first seq, its source timestamp ns)
         self._follow_soon: Any = None
         self._compressed = spec.transport == "compressed"
         self.expected_type = COMPRESSED_TYPE if self._compressed else IMAGE_TYPE
@@ -196,6 +194,7 @@ class CameraPipeline:
                 message_lost=functools.partial(self._on_message_lost, reliability),
                 matched=self._on_input_matched)
             topic = self.spec.subscribed_topic
+            self.watch.subscribed(time.monotonic(), [bytes(i.endpoint_gid) for i in self._publishers_on(topic)])
             self._subs[reliability] = self.node.create_subscription(
                 CompressedImage if self._compressed else Image, topic, self._on_image,
                 make_qos(reliability, self._p["input_depth"]), event_callbacks=events)
@@ -209,9 +208,12 @@ class CameraPipeline:
         return " + ".join(sorted(self._subs)) if self._subs else "none"
 
     def _publishers(self) -> list[Any]:
+        return self._publishers_on(self.topic)
+
+    def _publishers_on(self, topic: str) -> list[Any]:
         try:
-            return [i for i in self.node.get_publishers_info_by_topic(self.topic) if i.topic_type == self.expected_type]
-        except Exception:  # graph queries can fail during shutdown
+            return [i for i in self.node.get_publishers_info_by_topic(topic) if i.topic_type == self.expected_type]
+        except Exception:  # graph queries can fail during shutdown (and before the first subscription exists)
             return []
 
     def follow_publishers(self) -> None:
@@ -254,8 +256,8 @@ class CameraPipeline:
         stats = self.stats
         with stats.lock:
             stats.received += 1
-            # a gap is a frame DDS lost in transport (already counted by message_lost) or one replaced in the queue
-            stats.dropped_queue += self.watch.queue_share_of_gap(gap)
+            stats.dropped_queue += gap[0]
+            stats.before_first_frame += gap[1]
             stats.last_received = now
             if not self.enabled:
                 stats.dropped_paused += 1
@@ -269,26 +271,14 @@ class CameraPipeline:
             self._slot = (msg, now)
         self._notify()
 
-    def _sequence_gap(self, info: Any) -> int | None:
-        """Frames this publisher sent since the last one taken from it (None: this one was taken already)."""
+    def _sequence_gap(self, info: Any) -> tuple[int, int] | None:
+        """(queue drops, frames before the first one taken) since the last frame taken from this frame's publisher;
+        None: this frame was taken already."""
         if not isinstance(info, dict) or info.get("publication_sequence_number") is None:
-            return 0
+            return 0, 0
         gid = info.get("publisher_gid", {})
         key = bytes(gid.get("data", b"")) if isinstance(gid, dict) else b""
-        seq = int(info["publication_sequence_number"])
-        source_ns = int(info.get("source_timestamp") or 0)
-        last = self._last_seq.get(key)
-        if last is not None and seq <= last:
-            return None
-        self._last_seq[key] = seq
-        if last is None:
-            self._first_seen[key] = (seq, source_ns)
-            return 0
-        first = self._first_seen.pop(key, None)
-        gap = seq - last - 1
-        if first is not None and first[0] > 1:
-            gap += self.watch.missed_before_first(first[0], first[1], seq, source_ns)
-        return gap
+        return self.watch.sequence(key, int(info["publication_sequence_number"]), time.monotonic())
 
     def _on_enable(self, request: Any, response: Any) -> Any:
         self.set_enabled(bool(request.data))
@@ -311,7 +301,9 @@ class CameraPipeline:
             self.stats.dropped_undelivered = self.watch.lost
 
     def _on_input_matched(self, event: Any) -> None:
-        self.watch.matched(int(event.current_count), time.monotonic(), time.time_ns())
+        self.watch.matched(int(event.current_count), time.monotonic())
+        if int(event.current_count_change) > 0:
+            self.watch.publishers_present([bytes(i.endpoint_gid) for i in self._publishers()], time.monotonic())
         if self.spec.input_qos == "auto" and int(event.current_count_change) > 0 and self._follow_soon is None:
             # soon, not at the next 0.5 s tick (a reliable camera's first frames count), and not from inside this
             # subscription's own event callback, since following may replace the subscription

@@ -18,8 +18,9 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 
 #: Counters of ``NodeStats.snapshot`` (and /diagnostics), in the order a frame meets them.
-COUNTERS = ("received", "processed", "batched", "dropped_undelivered", "dropped_queue", "dropped_stale",
-            "dropped_too_old", "dropped_too_large", "dropped_bad", "dropped_paused", "errors", "no_frame_warnings")
+COUNTERS = ("received", "processed", "batched", "before_first_frame", "dropped_undelivered", "dropped_queue",
+            "dropped_stale", "dropped_too_old", "dropped_too_large", "dropped_bad", "dropped_paused", "errors",
+            "no_frame_warnings")
 
 
 class NodeStats:
@@ -30,6 +31,8 @@ class NodeStats:
         self.received = 0
         self.processed = 0
         self.batched = 0  # processed in one model run with other cameras' frames
+        # frames a camera already publishing when the node started listening sent before the first one taken
+        self.before_first_frame = 0
         self.dropped_stale = 0
         self.dropped_queue = 0
         self.dropped_too_old = 0

@@ -14,20 +14,33 @@ from dicnet_ros.node.middleware import (
     shipped_profile,
 )
 
+#: Publishers first seen this soon after the node's first subscription were already there when it started
+#: listening (discovery of a new participant takes a moment); any publisher seen later joined after the node.
+JOIN_GRACE_S = 1.0
+
 
 class InputWatch:
     """Counts DDS-reported lost frames, splits sequence gaps into transport losses and queue replacements,
-    and notices a publisher that is matched but delivers nothing for ``silence_s`` seconds."""
+    and notices a publisher that is matched but delivers nothing for ``silence_s`` seconds.
+
+    Sequence numbers are per publisher (DDS writer) and count from its first frame. The frames missing before the
+    first one taken from a publisher that joined after the node was listening were sent to the node and replaced in
+    its queue (``dropped_queue``); for a publisher that was already publishing when the node started listening they
+    are ``before_first_frame``: frames sent before the node listened, or replaced while it started (the two cannot
+    be told apart). Either way every frame a publisher sent is counted somewhere.
+    """
 
     def __init__(self, silence_s: float) -> None:
         self.silence_s = float(silence_s)
         self.publishers = 0  # currently matched publishers
-        self.matched_at: float | None = None  # when the number of matched publishers last went up (monotonic)
-        self.matched_wall_ns: int | None = None  # the same moment on the wall clock (DDS source timestamps)
+        self.matched_at: float | None = None  # when the number of matched publishers last went up
         self.last_frame: float | None = None
         self._lost_before = 0  # lost counts of replaced subscriptions
         self._lost_now: dict[str, int] = {}  # subscription -> total_count of its message_lost event
         self._lost_in_gaps = 0  # lost frames already matched to sequence gaps
+        self.started_at: float | None = None  # monotonic time of the node's first subscription to this camera
+        self._joined_late: dict[bytes, bool] = {}  # publisher gid -> joined after the node was listening
+        self._last_seq: dict[bytes, int] = {}  # publisher gid -> last sequence number taken
 
     # ------------------------------------------------------------------------------------------ events
     @property
@@ -44,14 +57,43 @@ class InputWatch:
         self._lost_now = {}
         self.publishers = 0
 
-    def matched(self, current: int, now: float, wall_ns: int | None = None) -> None:
+    def subscribed(self, now: float, gids_in_graph: list[bytes]) -> None:
+        """A (new) subscription exists from ``now``; the publishers the graph shows already were there before."""
+        if self.started_at is None:
+            self.started_at = now
+        for gid in gids_in_graph:
+            self._joined_late.setdefault(bytes(gid)[:16], False)
+
+    def publishers_present(self, gids: list[bytes], now: float) -> None:
+        """The publishers the graph shows now (after a match); new ones are recorded with how they joined."""
+        for gid in gids:
+            self._joined_late.setdefault(bytes(gid)[:16], self._late(now))
+
+    def _late(self, now: float) -> bool:
+        return self.started_at is not None and now - self.started_at > JOIN_GRACE_S
+
+    def matched(self, current: int, now: float) -> None:
         if current > self.publishers:
             self.matched_at = now
-            self.matched_wall_ns = wall_ns
         self.publishers = int(current)
 
     def frame_arrived(self, now: float) -> None:
         self.last_frame = now
+
+    def sequence(self, gid: bytes, seq: int, now: float) -> tuple[int, int] | None:
+        """A frame taken from publisher ``gid``: (frames replaced in the queue since the previous one taken, DDS-
+        reported losses excluded; frames before this publisher's first taken frame that cannot be attributed), or
+        None when this frame was taken already (a mixed-reliability camera has two subscriptions)."""
+        key = bytes(gid)[:16]
+        last = self._last_seq.get(key)
+        if last is not None and seq <= last:
+            return None
+        self._last_seq[key] = seq
+        if last is not None:
+            return self.queue_share_of_gap(seq - last - 1), 0
+        if self._joined_late.setdefault(key, self._late(now)):
+            return self.queue_share_of_gap(seq - 1), 0
+        return 0, seq - 1
 
     def queue_share_of_gap(self, gap: int) -> int:
         """Of ``gap`` frames missing between two received ones, those NOT already counted as lost by DDS
@@ -61,21 +103,6 @@ class InputWatch:
         explained = min(gap, max(0, self.lost - self._lost_in_gaps))
         self._lost_in_gaps += explained
         return gap - explained
-
-    def missed_before_first(self, first_seq: int, first_ns: int, second_seq: int, second_ns: int) -> int:
-        """Frames a publisher sent to us before the first one we took from it (replaced in the queue while the
-        node was busy): of the ``first_seq - 1`` earlier frames, those published after the match.
-
-        Sequence numbers count from the publisher's first frame, also frames sent before this node existed, so
-        the share sent after the match is estimated from the publisher's own rate (the source timestamps of
-        the first two frames taken) and the match time; without timestamps nothing is counted.
-        """
-        earlier = first_seq - 1
-        if earlier <= 0 or self.matched_wall_ns is None or not first_ns or second_ns <= first_ns:
-            return 0
-        period_ns = (second_ns - first_ns) / max(1, second_seq - first_seq)
-        since_match = (first_ns - self.matched_wall_ns) / period_ns
-        return int(min(earlier, max(0.0, round(since_match))))
 
     # ------------------------------------------------------------------------------------------ reporting
     def silent_publisher_warning(self, now: float, topic: str, reliable: bool, input_qos: str) -> str | None:

@@ -90,3 +90,18 @@ def test_sender_text_is_bounded_in_messages() -> None:
     with pytest.raises(ImageConversionError) as info:
         compressed_msg_to_rgb(_Msg(b"\x00" * 10, "compressedDepth" + huge))
     assert len(str(info.value)) < 200
+
+
+def test_every_frame_of_a_publisher_is_counted_somewhere() -> None:
+    """Frames before the first one taken: replaced in the queue for a publisher that joined after the node was
+    listening, 'before_first_frame' for one that was already publishing; duplicates (two subscriptions) ignored."""
+    watch = InputWatch(5.0)
+    watch.subscribed(100.0, [b"camera-already-there"])
+    assert watch.sequence(b"camera-already-there", 5000, 100.2) == (0, 4999)  # it ran long before the node
+    assert watch.sequence(b"camera-already-there", 5003, 100.3) == (2, 0)
+    assert watch.sequence(b"camera-already-there", 5003, 100.3) is None  # the same frame through the other sub
+    watch.publishers_present([b"burst-publisher"], 105.0)  # joined later: every frame it sent was sent to us
+    assert watch.sequence(b"burst-publisher", 131, 105.1) == (130, 0)
+    assert watch.sequence(b"unknown-late", 7, 106.0) == (6, 0)  # not yet in the graph, but seen long after start
+    watch.lost_total(4, "best_effort")
+    assert watch.sequence(b"burst-publisher", 141, 106.1) == (5, 0)  # 9 missing, 4 of them lost in transport

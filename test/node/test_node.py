@@ -257,7 +257,7 @@ def test_burst_leaves_no_backlog(main_node: tuple) -> None:
     processed = {m.header.stamp.sec for m in outputs.msgs["anomaly_mask"] if first <= m.header.stamp.sec < first + n}
     after = node.stats()
     assert len(processed) < n // 2, f"processed {len(processed)} of {n}: a backlog"
-    dropped = sum(after[k] - before[k] for k in ("dropped_stale", "dropped_queue"))
+    dropped = sum(after[k] - before[k] for k in ("dropped_stale", "dropped_queue", "before_first_frame"))
     assert dropped >= n - len(processed) - 5, (after, before)  # (a few may be lost on the wire: best effort)
     assert max(processed) == first + n - 1
     # nothing after the newest frame: the last output is the newest input
@@ -440,14 +440,76 @@ def test_compressed_input_and_qos_warning(harness: Harness, tiny_onnx: Path) -> 
     assert "input_qos" in problems
 
 
-def run_node_process(*ros_args: str) -> subprocess.CompletedProcess:
+def run_node_process(*ros_args: str, timeout_after_ready: float | None = None) -> subprocess.CompletedProcess:
+    """The node's console entry point as a process; with ``timeout_after_ready`` it is stopped (SIGINT) that long
+    after it logged "ready:" (else it must exit by itself)."""
     env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN_ID), "PYTHONUNBUFFERED": "1"}
-    code = "import sys; from dicnet_ros.node.cli import main; sys.exit(main())"
-    return subprocess.run([sys.executable, "-c", code, "--ros-args", *ros_args], capture_output=True, text=True,
-                          timeout=60, env=env)
+    code = "import sys; from dicnet_ros.node.entry import main; sys.exit(main())"
+    command = [sys.executable, "-c", code, "--ros-args", *ros_args]
+    if timeout_after_ready is None:
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "ready:" in line:
+            time.sleep(timeout_after_ready)
+            proc.send_signal(2)
+            break
+    rest, _ = proc.communicate(timeout=30)
+    return subprocess.CompletedProcess(command, proc.returncode, "".join(lines) + rest, "")
+
+
+def onnx_with_metadata(source: Path, target: Path, **changes: Any) -> Path:
+    """A copy of ``source`` whose DiCNet metadata has ``changes`` (None = JSON null)."""
+    import json
+
+    import onnx
+
+    from dicnet_ros.metadata import METADATA_KEY
+
+    model = onnx.load(str(source))
+    entry = next(e for e in model.metadata_props if e.key == METADATA_KEY)
+    data = json.loads(entry.value)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        section = data
+        for parent in parents:
+            section = section[parent]
+        section[leaf] = value
+    entry.value = json.dumps(data)
+    onnx.save(model, str(target))
+    return target
+
+
+def onnx_failing_at_run(source: Path, target: Path) -> Path:
+    """A graph with the DiCNet inputs, outputs and metadata that loads fine and fails on its first run (a Reshape
+    to rows of 7 values, which no image of the network's size fills)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("Constant", [], ["shape"],
+                              value=helper.make_tensor("s", TensorProto.INT64, [2], [-1, 7])),
+             helper.make_node("Reshape", ["x", "shape"], ["anomaly_score"]),
+             helper.make_node("Cast", ["anomaly_score"], ["semantic_labels"], to=TensorProto.UINT8)]
+    graph = helper.make_graph(nodes, "fails", [helper.make_tensor_value_info("image", TensorProto.UINT8,
+                                                                              ["n", "h", "w", 3])],
+                              [helper.make_tensor_value_info("anomaly_score", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("semantic_labels", TensorProto.UINT8, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.metadata_props.extend(onnx.load(str(source)).metadata_props)
+    onnx.save(model, str(target))
+    return target
 
 
 @pytest.mark.parametrize(("args", "expected"), [
+    (("-p", "model_path:={null_threshold}"), "has no calibrated threshold (its metadata threshold is null): set the "
+                                             "threshold parameter"),
+    (("-p", "model_path:={huge}"), "metadata field 'preprocess.height' must be a positive integer up to 8192"),
+    (("-p", "model_path:={fails}"), "failed its warm-up run"),
     (("-p", "model_path:=/nonexistent/model.onnx"), "model file not found: /nonexistent/model.onnx"),
     (("-p", "model_path:={corrupt}", "-p", "backend:=onnxruntime"), "cannot load model"),
     (("-p", "model_path:={tiny}", "-p", "overlay_alpha:=1.7"), "parameter 'overlay_alpha' must be in [0, 1], got 1.7"),
@@ -456,7 +518,15 @@ def run_node_process(*ros_args: str) -> subprocess.CompletedProcess:
 def test_startup_errors_exit_cleanly(args: tuple[str, ...], expected: str, tiny_onnx: Path, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07 definitely not protobuf" * 10)
-    args = tuple(a.format(corrupt=corrupt, tiny=tiny_onnx) for a in args)
+    files = {"corrupt": corrupt, "tiny": tiny_onnx}
+    if "{null_threshold}" in " ".join(args):
+        files["null_threshold"] = onnx_with_metadata(tiny_onnx, tmp_path / "null.onnx", threshold=None)
+    if "{huge}" in " ".join(args):
+        files["huge"] = onnx_with_metadata(tiny_onnx, tmp_path / "huge.onnx", preprocess__height=60000,
+                                           preprocess__width=60000)
+    if "{fails}" in " ".join(args):
+        files["fails"] = onnx_failing_at_run(tiny_onnx, tmp_path / "fails.onnx")
+    args = tuple(a.format(**files) for a in args)
     proc = run_node_process(*args)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 1, output
@@ -605,3 +675,97 @@ def test_one_node_serves_several_cameras(harness: Harness, tiny_onnx: Path) -> N
             "/anomaly_node: anomaly segmentation"} <= set(statuses)
     assert statuses["/mcrear/anomaly_node: anomaly segmentation"]["input_topic"] == "/mcrear/image_raw/compressed"
     assert float(statuses["/mcrear/anomaly_node: anomaly segmentation"]["threshold"]) == -1e9
+
+
+def test_threshold_parameter_never_kills_the_node(harness: Harness, tiny_onnx: Path, tmp_path: Path) -> None:
+    """A model without a calibrated threshold (metadata null) runs with a given one; setting NaN at run time is
+    refused with a reason, never a crash; with a calibrated model, NaN means (and shows) the model's threshold."""
+    null = onnx_with_metadata(tiny_onnx, tmp_path / "null.onnx", threshold=None)
+    node, outputs = harness.start("cam_null", null, threshold=0.25)
+    result = node.set_parameters([Parameter("threshold", value=float("nan"))])[0]
+    assert not result.successful and "no calibrated threshold" in result.reason
+    assert node.get_parameter("threshold").value == 0.25 and node.camera().mask_threshold() == 0.25
+    pub = harness.publisher(Image, "/cam_null/anomaly_node/image")
+    send(pub, image_msg(random_image("rgb8", 20, 30), "rgb8", 1300), outputs)  # still alive and answering
+    calibrated, _ = harness.start("cam_cal", tiny_onnx)
+    model_threshold = calibrated.model.metadata.threshold
+    assert calibrated.get_parameter("threshold").value == pytest.approx(model_threshold)  # param get shows it
+    assert calibrated.set_parameters([Parameter("threshold", value=1.5)])[0].successful
+    assert calibrated.camera().mask_threshold() == 1.5
+    assert calibrated.set_parameters([Parameter("threshold", value=float("nan"))])[0].successful
+    assert calibrated.get_parameter("threshold").value == pytest.approx(model_threshold)
+    assert calibrated.camera().mask_threshold() == pytest.approx(model_threshold)
+
+
+def test_misspelled_parameters_are_reported(tiny_onnx: Path) -> None:
+    proc = run_node_process("-p", f"model_path:={tiny_onnx}", "-p", "threshhold:=0.5", "-p", "camera.x.threshold:=1.0",
+                            "-p", "enabled:=false", "-p", "warmup:=false", "--log-level", "info",
+                            timeout_after_ready=1.0)
+    output = proc.stdout + proc.stderr
+    assert "ignoring parameter 'threshhold': unknown parameter (did you mean threshold?)" in output, output
+    assert "ignoring parameter 'camera.x.threshold': camera 'x' is not one of cameras []" in output, output
+
+
+ATTACKS = Path(__file__).resolve().parents[1] / "data" / "attacks"
+
+
+def test_hostile_compressed_frames_are_refused_and_the_node_keeps_serving(harness: Harness, tiny_onnx: Path) -> None:
+    """The outside attack's compressed inputs: a scan bomb inside the pixel limit is refused before decoding (no
+    stall: the good frame after it is answered), a truncated JPEG is never published, an EXIF-rotated frame keeps
+    its own size (64x48 in, 64x48 out)."""
+    node, outputs = harness.start("cam_hostile", tiny_onnx, image_transport="compressed", input_qos="reliable")
+    pub = harness.publisher(CompressedImage, "/cam_hostile/anomaly_node/image/compressed")
+    good = cv2.imencode(".jpg", random_image("bgr8", 40, 56))[1].tobytes()
+    frames = {1400: (ATTACKS / "scan_bomb_1000.jpg").read_bytes(), 1401: good[: len(good) // 2],
+              1402: good[: len(good) // 2] + b"\xff\xd9"}
+    for sec, data in frames.items():
+        msg = CompressedImage(header=header(sec), format="jpeg")
+        msg.data = data
+        for _ in range(30):  # re-sent like a camera until the node has seen it
+            pub.publish(msg)
+            if wait_until(lambda sec=sec: node.stats()["dropped_bad"] >= sec - 1399, timeout=1.0):
+                break
+        assert node.stats()["dropped_bad"] >= sec - 1399, sec
+    exif = CompressedImage(header=header(1403), format="jpeg")
+    exif.data = (ATTACKS / "exif_rot6_64x48.jpg").read_bytes()
+    started = time.monotonic()
+    mask = send(pub, exif, outputs)
+    assert time.monotonic() - started < 5.0
+    assert (mask.height, mask.width) == (48, 64)
+    assert not any(outputs.with_stamp("anomaly_mask", sec) for sec in frames)
+    assert node.stats()["errors"] == 0
+
+
+def test_queue_drops_before_the_first_frame_are_counted(harness: Harness, tiny_onnx: Path) -> None:
+    """A reliable burst from a publisher that joined after the node was listening: every frame is either received
+    or counted as replaced in the DDS queue, also those replaced before the node took its first frame from it."""
+    node, _ = harness.start("cam_burst", tiny_onnx, input_qos="reliable")
+    time.sleep(1.5)  # the publisher joins after the node's start-up (JOIN_GRACE_S)
+    pub = harness.publisher(Image, "/cam_burst/anomaly_node/image")
+    msg = image_msg(random_image("rgb8", 16, 16), "rgb8", 1500)
+    count = 300
+    for _ in range(count):
+        pub.publish(msg)
+    wait_until(lambda: (s := node.stats())["received"] + s["dropped_queue"] >= count, timeout=15.0)
+    stats = node.stats()
+    assert stats["received"] + stats["dropped_queue"] == count and stats["before_first_frame"] == 0, stats
+
+
+def test_an_idle_best_effort_publisher_does_not_downgrade_a_reliable_camera(harness: Harness, tiny_onnx: Path) -> None:
+    """input_qos auto with mixed publishers subscribes reliable AND best effort: the reliable camera keeps its
+    reliability (every frame of a burst taken or counted), frames are taken once, and the warning names the
+    best-effort publisher."""
+    node, outputs = harness.start("cam_mixed", tiny_onnx)
+    topic = "/cam_mixed/anomaly_node/image"
+    reliable = harness.publisher(Image, topic)
+    idle = harness.tester.create_publisher(Image, topic, QoSProfile(depth=1,
+                                                                    reliability=ReliabilityPolicy.BEST_EFFORT))
+    assert wait_until(lambda: node.camera().reliability_description() == "best_effort + reliable", timeout=10.0)
+    problems = wait_until(lambda: node.camera().qos_problems.get("mixed:"), timeout=10.0)
+    assert problems and "/node_tester" in problems
+    before = node.stats()
+    send(reliable, image_msg(random_image("rgb8", 20, 24), "rgb8", 1600), outputs)
+    after = node.stats()
+    assert after["received"] - before["received"] == after["processed"] - before["processed"]  # taken once each
+    harness.tester.destroy_publisher(idle)
+    assert wait_until(lambda: node.camera().reliability_description() == "reliable", timeout=10.0)
