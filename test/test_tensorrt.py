@@ -167,3 +167,38 @@ def test_cpu_int8_graph_is_refused_before_any_build() -> None:
         check_tensorrt_quantization(cpu, Path("m.onnx"))
     for ok in ({"dtype": "int8", "quantization": {"activations": "int8 symmetric"}}, {"dtype": "float32"}):
         check_tensorrt_quantization(ModelMetadata(**base, export=ok), Path("m.onnx"))
+
+
+def _tensor_types(model: object) -> dict[str, int]:
+    """ONNX element type of every tensor of ``model`` (initializers, inputs, outputs and inferred values)."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for value in (*graph.value_info, *graph.input, *graph.output):
+        types[value.name] = value.type.tensor_type.elem_type
+    return types
+
+
+def test_tensorrt_int8_export_dequantizes_int8_only(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """onnx-tensorrt takes DequantizeLinear of INT8 (FP8, INT4) data; an INT32 bias DequantizeLinear is not for it."""
+    import cv2
+    import numpy as np
+    import onnx
+
+    from dicnet_ros.cli import main as dicnet
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        cv2.imwrite(str(calib / f"{i}.png"), cv2.GaussianBlur(rng.integers(0, 256, (64, 96, 3), np.uint8), (0, 0), 2))
+    out = tmp_path / "trt_int8.onnx"
+    assert dicnet(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--int8", "--int8-target",
+                   "tensorrt", "--calibration-data", str(calib), "--calibration-images", "5"]) == 0
+    model = onnx.load(str(out))
+    types = _tensor_types(model)
+    dequantized = {n.input[0]: types.get(n.input[0]) for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert len(dequantized) >= 10  # every convolution's weights and activations
+    assert {name: onnx.TensorProto.DataType.Name(t) for name, t in dequantized.items()
+            if t != onnx.TensorProto.INT8} == {}
