@@ -155,3 +155,32 @@ def test_auto_passes_over_a_tensorrt_that_cannot_create_a_runtime(
     assert availability.tensorrt_status() == (True, "tensorrt")
     assert registry.resolve_backend(tiny_onnx, "auto") == "tensorrt"
 
+
+def test_bench_skips_a_tensorrt_row_that_fails_with_its_reason(
+        trt: types.ModuleType, tiny_checkpoint: Path, tiny_onnx: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parse / build failure (ModelLoadError) and a failure while running skip the row, not the benchmark."""
+    import shutil
+
+    from dicnet_ros.cli import main as dicnet
+
+    (tmp_path / "work").mkdir()  # the export the tensorrt row would make: the same dynamic export of the checkpoint
+    shutil.copy(tiny_onnx, tmp_path / "work" / "model_dynamic_network.onnx")
+    for module in (availability, registry):
+        monkeypatch.setattr(module, "tensorrt_status", lambda: (True, "tensorrt"))
+    trt.parse_errors.append("In node 12 (Resize): UNSUPPORTED_NODE: standin refuses")
+    out = tmp_path / "bench.json"
+    arguments = ["bench", "--checkpoint", str(tiny_checkpoint), "--resolutions", "96x64", "--dynamic", "--backends",
+                 "reference,tensorrt", "--warmup", "1", "--iterations", "2", "--threads", "1", "--workdir",
+                 str(tmp_path / "work"), "--json", str(out)]
+    assert dicnet(arguments) == 0
+    report = json.loads(out.read_text())
+    assert [r["backend"] for r in report["results"]] == ["reference"]
+    assert "TensorRT cannot parse the ONNX" in report["skipped"]["tensorrt"]
+    assert "UNSUPPORTED_NODE" in report["skipped"]["tensorrt"]
+    trt.parse_errors.clear()
+    trt.fail_execute = True  # builds and loads, fails on the first run
+    assert dicnet(arguments) == 0
+    report = json.loads(out.read_text())
+    assert [r["backend"] for r in report["results"]] == ["reference"]
+    assert report["skipped"]["tensorrt"] == "RuntimeError: TensorRT execute_async_v3 failed"
