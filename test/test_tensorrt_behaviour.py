@@ -184,3 +184,24 @@ def test_bench_skips_a_tensorrt_row_that_fails_with_its_reason(
     report = json.loads(out.read_text())
     assert [r["backend"] for r in report["results"]] == ["reference"]
     assert report["skipped"]["tensorrt"] == "RuntimeError: TensorRT execute_async_v3 failed"
+
+
+def test_an_export_with_a_fixed_batch_runs_one_image_per_call(
+        trt: types.ModuleType, tiny_onnx: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import onnx
+
+    from dicnet_ros.inference.base import ModelLoadError
+
+    def fixed(batch: int) -> Path:
+        model = onnx.load(str(tiny_onnx))
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch  # what a non-dynamic export has
+        path = tmp_path / f"fixed{batch}.onnx"
+        onnx.save(model, str(path))
+        return path
+
+    with caplog.at_level(logging.WARNING):
+        model = trt_backend.TrtModel(fixed(1), cache_dir=tmp_path, max_batch=4)
+    assert model.batch_range == (1, 1) and any("max_batch 4 ignored" in r.message for r in caplog.records)
+    assert len(model.infer_batch(_images(3))) == 3 and trt.batches == [1, 1, 1]
+    with pytest.raises(ModelLoadError, match=r"exactly \[2\] images per call"):
+        trt_backend.TrtModel(fixed(2), cache_dir=tmp_path)

@@ -336,16 +336,18 @@ class TrtModel(AnomalyModel):
         self._load_for(hw)
 
     def _batch_range(self, max_batch: int) -> tuple[int, int]:
-        """(1, max_batch) when every graph takes any batch size; a batch fixed in the ONNX is the only one."""
+        """(1, max_batch) when every graph takes any batch size; (1, 1) for an export with a fixed batch of 1."""
         fixed = {shape[0] for inputs in self.io.values() for _, shape in inputs.values()
                  if shape and isinstance(shape[0], int) and shape[0] > 0}
         if not fixed:
             return 1, max_batch
-        batch = max(fixed)
-        if max_batch != batch:
-            log.warning("tensorrt: %s takes exactly %d image(s) per call (export with --dynamic for a batch range); "
-                        "max_batch %d ignored", self.path.name, batch, max_batch)
-        return batch, batch
+        if fixed != {1}:
+            raise ModelLoadError(f"{self.path}: the graphs take exactly {sorted(fixed)} images per call; the TensorRT "
+                                 f"backend needs a batch of 1 or a --dynamic export")
+        if max_batch != 1:
+            log.warning("tensorrt: %s takes one image per call (export with --dynamic for a batch range); "
+                        "max_batch %d ignored", self.path.name, max_batch)
+        return 1, 1
 
     def _shapes(self, role: str, hw: tuple[int, int], batch: int) -> dict[str, tuple[int, ...]]:
         shapes = {}
@@ -405,7 +407,7 @@ class TrtModel(AnomalyModel):
         rebuild: a build takes minutes and would stall every camera, while a chunk costs one more enqueue."""
         hw = (int(batch.shape[1]), int(batch.shape[2]))
         call = self._call_for(hw, batch[0])
-        low, high = self.batch_range
+        high = self.batch_range[1]
         if len(batch) > high and not self._chunking_said:
             self._chunking_said = True
             log.warning("tensorrt: %d images per call, the engine takes at most %d: running them in chunks of %d "
@@ -413,12 +415,7 @@ class TrtModel(AnomalyModel):
                         len(batch), high, high, len(batch))
         results: list[tuple] = []
         for start in range(0, len(batch), high):
-            chunk = batch[start:start + high]
-            if len(chunk) < low:  # a fixed-batch engine: pad the last chunk, drop the padding's results
-                pad = np.repeat(chunk[-1:], low - len(chunk), axis=0)
-                results.extend(call(np.concatenate([chunk, pad]))[:len(chunk)])
-            else:
-                results.extend(call(chunk))
+            results.extend(call(batch[start:start + high]))
         return results
 
     def warmup(self, iterations: int = 2) -> None:
