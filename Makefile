@@ -31,6 +31,16 @@ $(VENV)/.full: $(VENV)/.runtime
 	$(PIP) install -q -e '.[ros,train,sim,bag,dev]'
 	touch $@
 
+# The real TensorRT Python bindings (no GPU libraries: test/tensorrt_api_check.py stubs those) of each supported
+# major version, for the API conformance test; both are named tensorrt_bindings, so one folder each.
+TRT_BINDINGS := 10.13.0.35 11.4.0.106
+TRT_BINDINGS_STAMP := $(VENV)/.trt-bindings-$(subst $(eval) ,_,$(TRT_BINDINGS))
+$(TRT_BINDINGS_STAMP): $(PY)
+	rm -rf $(VENV)/trt-bindings $(VENV)/.trt-bindings-*
+	for v in $(TRT_BINDINGS); do \
+		$(PIP) install -q --no-deps --target $(VENV)/trt-bindings/$$v tensorrt-cu12-bindings==$$v || exit 1; done
+	touch $@
+
 venv: $(VENV)/.runtime
 venv-full: $(VENV)/.full
 
@@ -40,7 +50,7 @@ demo: $(VENV)/.runtime
 lint: $(VENV)/.full
 	$(PY) -m ruff check .
 
-test: $(VENV)/.full
+test: $(VENV)/.full $(TRT_BINDINGS_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

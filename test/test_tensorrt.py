@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from tensorrt_standin import make_tensorrt
 
 from dicnet_ros.inference import BackendUnavailableError, load_model
 from dicnet_ros.inference import engine_cache as ec
@@ -25,6 +26,7 @@ def _key(**changes: object) -> ec.EngineKey:
 @pytest.mark.parametrize("change", [
     {"tensorrt_version": "11.4.0"}, {"gpu_name": "NVIDIA RTX 4090"}, {"compute_capability": "8.9"},
     {"onnx_sha256": "b" * 64}, {"input_shapes": {"image": [1, 360, 640, 3]}}, {"precision": "fp16"},
+    {"batch_range": (1, 4)},
 ])
 def test_any_component_changes_the_key(change: dict) -> None:
     assert _key(**change) != _key()
@@ -42,6 +44,23 @@ def test_key_round_trip_and_paths(tmp_path: Path) -> None:
     assert "teacher" in ec.engine_path_for(onnx, key, None, "teacher").name
     assert ec.timing_cache_path(tmp_path, "10.13.0", "NVIDIA H100 80GB").name == \
         "dicnet.trt10.13.0.nvidia-h100-80gb.timing.cache"
+
+
+def test_batch_range_in_key_and_file_name(tmp_path: Path) -> None:
+    key = _key(input_shapes={"image": [4, 720, 1280, 3]}, batch_range=(1, 4))
+    assert ec.EngineKey.from_dict(json.loads(json.dumps(key.to_dict()))) == key
+    assert ec.engine_path_for(tmp_path / "m.onnx", key).name == "m.1-4x720x1280x3.fp32.engine"
+    ec.store(tmp_path / "m.engine", _key(), b"PLAN")
+    sidecar = ec.sidecar_path(tmp_path / "m.engine")
+    data = json.loads(sidecar.read_text())
+    del data["key"]["batch_range"]  # a key written without a range: a plan for one image per call
+    sidecar.write_text(json.dumps(data))
+    assert not ec.decide(tmp_path / "m.engine", _key()).rebuild
+    decision = ec.decide(tmp_path / "m.engine", _key(batch_range=(1, 2)))
+    assert decision.rebuild and "batch_range: (1, 1) -> (1, 2)" in decision.reason
+    data["key"]["batch_range"] = "many"
+    sidecar.write_text(json.dumps(data))
+    assert "malformed" in ec.decide(tmp_path / "m.engine", _key()).reason
 
 
 def test_rebuild_decisions(tmp_path: Path) -> None:
@@ -123,10 +142,11 @@ def test_precision_policy() -> None:
     assert plan_precision("int8", "10.3.0") == ("int8", False, False)  # build_plan adds the INT8 flag there
 
 
-def test_network_flags_with_a_fake_module() -> None:
-    flag = types.SimpleNamespace(STRONGLY_TYPED=1, EXPLICIT_BATCH=0)
-    trt10 = types.SimpleNamespace(NetworkDefinitionCreationFlag=flag, __version__="10.13.0")
-    assert network_flags(trt10, True) == 2 and network_flags(trt10, False) == 0
+@pytest.mark.parametrize(("version", "strongly_typed_bit"), [("10.13.0.35", 2), ("11.4.0.106", 1)])
+def test_network_flags_with_the_real_flag_values(version: str, strongly_typed_bit: int) -> None:
+    """STRONGLY_TYPED is 1 in TensorRT 10 and 0 (deprecated, ignored) in 11; the stand-in has the real values."""
+    trt = make_tensorrt(version)
+    assert network_flags(trt, True) == strongly_typed_bit and network_flags(trt, False) == 0
     trt8 = types.SimpleNamespace(NetworkDefinitionCreationFlag=types.SimpleNamespace(EXPLICIT_BATCH=0),
                                  __version__="8.6.1")
     assert network_flags(trt8, True) == 1
@@ -167,3 +187,38 @@ def test_cpu_int8_graph_is_refused_before_any_build() -> None:
         check_tensorrt_quantization(cpu, Path("m.onnx"))
     for ok in ({"dtype": "int8", "quantization": {"activations": "int8 symmetric"}}, {"dtype": "float32"}):
         check_tensorrt_quantization(ModelMetadata(**base, export=ok), Path("m.onnx"))
+
+
+def _tensor_types(model: object) -> dict[str, int]:
+    """ONNX element type of every tensor of ``model`` (initializers, inputs, outputs and inferred values)."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for value in (*graph.value_info, *graph.input, *graph.output):
+        types[value.name] = value.type.tensor_type.elem_type
+    return types
+
+
+def test_tensorrt_int8_export_dequantizes_int8_only(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """onnx-tensorrt takes DequantizeLinear of INT8 (FP8, INT4) data; an INT32 bias DequantizeLinear is not for it."""
+    import cv2
+    import numpy as np
+    import onnx
+
+    from dicnet_ros.cli import main as dicnet
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        cv2.imwrite(str(calib / f"{i}.png"), cv2.GaussianBlur(rng.integers(0, 256, (64, 96, 3), np.uint8), (0, 0), 2))
+    out = tmp_path / "trt_int8.onnx"
+    assert dicnet(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--int8", "--int8-target",
+                   "tensorrt", "--calibration-data", str(calib), "--calibration-images", "5"]) == 0
+    model = onnx.load(str(out))
+    types = _tensor_types(model)
+    dequantized = {n.input[0]: types.get(n.input[0]) for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert len(dequantized) >= 10  # every convolution's weights and activations
+    assert {name: onnx.TensorProto.DataType.Name(t) for name, t in dequantized.items()
+            if t != onnx.TensorProto.INT8} == {}

@@ -218,6 +218,11 @@ def _quantize(fp32: Path, out: Path, feed: _ImageFeed | None, method: str, cache
     if feed is not None:
         feed.rewind()
     symmetric = target == "tensorrt"  # zero-point-0 int8 activations: what TensorRT's explicit quantization accepts
+    extra_options = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "CalibPercentile": percentile}
+    if target == "tensorrt":
+        # biases stay float: onnx-tensorrt dequantizes INT8 / FP8 / INT4 data, not the INT32 bias encoding, and
+        # TensorRT fuses the float bias into its INT8 convolution itself (NVIDIA's Q/DQ recipe does the same)
+        extra_options["QuantizeBias"] = False
     advice = _DropPreprocessingAdvice()
     logging.getLogger().addFilter(advice)
     try:
@@ -227,7 +232,7 @@ def _quantize(fp32: Path, out: Path, feed: _ImageFeed | None, method: str, cache
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             nodes_to_quantize=list(nodes),
             calibrate_method=methods[method], calibration_cache_path=str(cache),
-            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "CalibPercentile": percentile})
+            extra_options=extra_options)
     finally:
         logging.getLogger().removeFilter(advice)
     return out

@@ -29,7 +29,8 @@ def cuda_available() -> bool:
 
 
 def tensorrt_status() -> tuple[bool, str]:
-    """(usable, why not / version) for the native TensorRT backend."""
+    """(usable, why not) for the native TensorRT backend: usable means the tensorrt package imports and creates a
+    Runtime (an installed wheel without its libraries, or a GPU / driver TensorRT cannot use, is not usable)."""
     if not has_module("tensorrt"):
         return False, "no tensorrt package"
     if not has_module("torch"):
@@ -38,7 +39,10 @@ def tensorrt_status() -> tuple[bool, str]:
 
     if not torch.cuda.is_available():
         return False, "no CUDA GPU"
-    return True, "tensorrt"
+    from dicnet_ros.inference.trt_api import runtime_problem
+
+    problem = runtime_problem()
+    return (False, problem) if problem else (True, "tensorrt")
 
 
 def available_backends() -> dict[str, str]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from dicnet_ros.inference.base import BackendUnavailableError, ModelLoadError
 from dicnet_ros.preprocessing import parse_size
 
 log = logging.getLogger(__name__)
@@ -120,11 +121,19 @@ def summarize(samples: list[float]) -> dict[str, float]:
             "fps": 1e3 / p50, "iterations": len(samples)}
 
 
-def time_round_robin(calls: dict[str, Callable[[], Any]], warmup: int, iterations: int) -> dict[str, dict[str, float]]:
-    """Warm every call up, then time them in turns, so load from other processes hits all backends alike."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
+def time_round_robin(calls: dict[str, Callable[[], Any]], warmup: int, iterations: int,
+                     failed: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+    """Warm every call up, then time them in turns, so load from other processes hits all backends alike. A call
+    that fails while warming up is left out (its reason goes into ``failed``) instead of ending the run."""
+    for name, fn in list(calls.items()):
+        try:
+            for _ in range(warmup):
+                fn()
+        except Exception as exc:  # a backend that loads but cannot run (e.g. a GPU error) loses its row only
+            calls.pop(name)
+            if failed is not None:
+                failed[name] = _reason(exc)
+            log.info("skipping %s: %s", name, exc)
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(iterations):
         for name, fn in calls.items():
@@ -132,6 +141,13 @@ def time_round_robin(calls: dict[str, Callable[[], Any]], warmup: int, iteration
             fn()
             samples[name].append((time.perf_counter() - start) * 1e3)
     return {name: summarize(values) for name, values in samples.items()}
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the skipped table: the message, named by its type where the message alone is unclear."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    known = isinstance(exc, (BackendUnavailableError, ModelLoadError, ImportError, ValueError))
+    return text if known and text else f"{type(exc).__name__}: {text}"
 
 
 def _prepare_checkpoint(args: argparse.Namespace, workdir: Path) -> Path:
@@ -180,7 +196,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every requested backend at every resolution; returns the JSON-ready report."""
     import torch
 
-    from dicnet_ros.inference import BackendUnavailableError, load_model
+    from dicnet_ros.inference import load_model
     from dicnet_ros.inference.availability import tensorrt_status
     from dicnet_ros.model.checkpoint import model_from_checkpoint
 
@@ -246,10 +262,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                                    cache_dir=str(workdir / "engines"))
                     calls[backend] = lambda m=m, image=image: m.infer(image)
                     labels[backend] = f"tensorrt ({m.describe()['precision']})"
-            except (BackendUnavailableError, ImportError, ValueError) as exc:
-                report["skipped"][backend] = str(exc).splitlines()[0]
+            except Exception as exc:  # unavailable, unparsable, unbuildable ...: this row is skipped, not the run
+                report["skipped"][backend] = _reason(exc)
                 log.info("skipping %s: %s", backend, exc)
-        stats = time_round_robin(calls, args.warmup, args.iterations)
+        stats = time_round_robin(calls, args.warmup, args.iterations, report["skipped"])
         reference_ms = stats.get("reference", {}).get("p50_ms")
         for backend, row_stats in stats.items():
             report["results"].append({

@@ -19,20 +19,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace-mb", type=int, default=2048, help="builder workspace limit")
     parser.add_argument("--fp16-flag", action="store_true",
                         help="TensorRT < 10.12 only: weakly typed FP16 (newer versions take precision from the ONNX)")
-    parser.add_argument("--device", default="cuda", help="cuda or cuda:N")
+    parser.add_argument("--max-batch", type=int, default=1,
+                        help="largest number of images per call (e.g. the camera count of a multi-camera node); the "
+                             "engine takes 1 to N images of one size; needs a --dynamic export")
+    parser.add_argument("--device", default="cuda", help="cuda or cuda:N (the engine is built on and for that GPU)")
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from dicnet_ros.inference.trt_backend import TrtModel
 
+    if args.max_batch < 1:
+        print(f"dicnet build-engine: --max-batch must be at least 1, got {args.max_batch}")
+        return 2
     try:
         model = TrtModel(args.model, device=args.device, cache_dir=args.cache_dir, force_rebuild=args.force,
-                         input_size=args.input_size, workspace_mb=args.workspace_mb, fp16_flag=args.fp16_flag)
+                         input_size=args.input_size, workspace_mb=args.workspace_mb, fp16_flag=args.fp16_flag,
+                         max_batch=args.max_batch)
+        model.warmup(1)
     except (BackendUnavailableError, ModelLoadError) as exc:
-        print(f"dicnet build-engine: {exc}")
+        print(f"dicnet build-engine: {' '.join(str(exc).split())}")
         return 1
-    model.warmup(1)
+    except (RuntimeError, TypeError, OSError) as exc:  # whatever else TensorRT or CUDA raise: one line, no traceback
+        print(f"dicnet build-engine: TensorRT failed: {type(exc).__name__}: {' '.join(str(exc).split())}")
+        return 1
     for path in model.engine_files:
         print(f"engine ready: {path}")
     return 0

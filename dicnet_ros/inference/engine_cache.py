@@ -1,10 +1,10 @@
 """TensorRT engine cache: where a plan lives, what it was built for, and when to rebuild it.
 
 A plan only runs with the TensorRT version and GPU it was built with, and only matches the ONNX and input
-shape it came from. Isaac ROS never checks, Autoware checks the version only; here the full key (TensorRT
-version, GPU name, compute capability, ONNX hash, input shapes, precision) is stored in a JSON sidecar next
-to the engine and compared on load, together with the plan's own size and hash (so a truncated or
-overwritten plan is rebuilt, not fed to the runtime). Pure Python: testable without a GPU.
+shapes (batch range included) it came from. Isaac ROS never checks, Autoware checks the version only; here the
+full key (TensorRT version, GPU name, compute capability, ONNX hash, input shapes, precision, batch range) is
+stored in a JSON sidecar next to the engine and compared on load, together with the plan's own size and hash
+(so a truncated or overwritten plan is rebuilt, not fed to the runtime). Pure Python: testable without a GPU.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 SIDECAR_FORMAT = "dicnet-engine-key/1"
-_KEY_FIELDS = ("tensorrt_version", "gpu_name", "compute_capability", "onnx_sha256", "input_shapes", "precision")
+_KEY_FIELDS = ("tensorrt_version", "gpu_name", "compute_capability", "onnx_sha256", "input_shapes", "precision",
+               "batch_range")
+# a key without a batch range is one of a plan built for exactly one image per call
+_KEY_DEFAULTS: dict[str, Any] = {"batch_range": [1, 1]}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -30,11 +33,18 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def shape_tag(input_shapes: dict[str, list[int]]) -> str:
-    """'1x360x640x3' for the image input (or all inputs joined), used in file names."""
-    if "image" in input_shapes:
-        return "x".join(str(d) for d in input_shapes["image"])
-    return "_".join("x".join(str(d) for d in s) for _, s in sorted(input_shapes.items()))
+def shape_tag(input_shapes: dict[str, list[int]], batch_range: tuple[int, int] = (1, 1)) -> str:
+    """'1x360x640x3' for the image input (or all inputs joined), used in file names; a batch range replaces the
+    batch size: '1-4x360x640x3'."""
+    low, high = batch_range
+    items = [input_shapes["image"]] if "image" in input_shapes else [s for _, s in sorted(input_shapes.items())]
+    tags = []
+    for shape in items:
+        dims = [str(d) for d in shape]
+        if low != high and dims:
+            dims[0] = f"{low}-{high}"
+        tags.append("x".join(dims))
+    return "_".join(tags)
 
 
 @dataclass(frozen=True)
@@ -45,14 +55,18 @@ class EngineKey:
     gpu_name: str
     compute_capability: str  # "8.9"
     onnx_sha256: str
-    input_shapes: tuple[tuple[str, tuple[int, ...]], ...]  # sorted (name, shape) pairs
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...]  # sorted (name, shape) pairs, at the largest batch
     precision: str  # "fp32" | "fp16" (from the ONNX) [+ "+fp16flag" on TensorRT < 10.12]
+    batch_range: tuple[int, int] = (1, 1)  # (min, max) images per call of the optimisation profile
 
     @classmethod
     def create(cls, tensorrt_version: str, gpu_name: str, compute_capability: str, onnx_sha256: str,
-               input_shapes: dict[str, list[int] | tuple[int, ...]], precision: str) -> EngineKey:
+               input_shapes: dict[str, list[int] | tuple[int, ...]], precision: str,
+               batch_range: tuple[int, int] | list[int] = (1, 1)) -> EngineKey:
         shapes = tuple(sorted((name, tuple(int(d) for d in shape)) for name, shape in input_shapes.items()))
-        return cls(str(tensorrt_version), str(gpu_name), str(compute_capability), onnx_sha256, shapes, precision)
+        low, high = (int(b) for b in batch_range)
+        return cls(str(tensorrt_version), str(gpu_name), str(compute_capability), onnx_sha256, shapes, precision,
+                   (low, high))
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -60,15 +74,20 @@ class EngineKey:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["input_shapes"] = {name: list(shape) for name, shape in self.input_shapes}
+        data["batch_range"] = list(self.batch_range)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineKey:
+        data = {**_KEY_DEFAULTS, **data}
         missing = [k for k in _KEY_FIELDS if k not in data]
         if missing:
             raise ValueError(f"engine key lacks {', '.join(missing)}")
-        return cls.create(data["tensorrt_version"], data["gpu_name"], data["compute_capability"],
-                          data["onnx_sha256"], data["input_shapes"], data["precision"])
+        try:
+            return cls.create(data["tensorrt_version"], data["gpu_name"], data["compute_capability"],
+                              data["onnx_sha256"], data["input_shapes"], data["precision"], data["batch_range"])
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"engine key has a malformed field ({exc})") from exc
 
     def differences(self, other: EngineKey) -> list[str]:
         """Human-readable 'field: old -> new' for every field that differs (other = the stored key)."""
@@ -94,7 +113,7 @@ def engine_path_for(onnx_path: str | Path, key: EngineKey, cache_dir: str | Path
     onnx_path = Path(onnx_path)
     folder = Path(cache_dir) if cache_dir else onnx_path.parent
     shapes = {name: list(shape) for name, shape in key.input_shapes}
-    parts = [onnx_path.stem, role, shape_tag(shapes), key.precision.replace("+", "_")]
+    parts = [onnx_path.stem, role, shape_tag(shapes, key.batch_range), key.precision.replace("+", "_")]
     return folder / (".".join(p for p in parts if p) + ".engine")
 
 

@@ -1,6 +1,6 @@
 """Backend selection: ``open_backend(path, backend, device, **options) -> AnomalyModel``.
 
-``auto`` = TensorRT when the tensorrt package and a CUDA GPU are present, else ONNX Runtime (CUDA provider if
+``auto`` = TensorRT when the tensorrt package imports and starts on a CUDA GPU, else ONNX Runtime (CUDA provider if
 available, else CPU); a PyTorch checkpoint (.pt) goes to the torch backend. Backends are imported lazily so
 a machine without TensorRT (or without torch) still runs the others, and errors say what is available.
 """
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("providers", "threads", "graph_optimization", "trt_cache_dir", "spin"),
-    "tensorrt": ("cache_dir", "force_rebuild", "input_size", "workspace_mb", "fp16_flag"),
+    "tensorrt": ("cache_dir", "force_rebuild", "input_size", "workspace_mb", "fp16_flag", "max_batch"),
     "torch": ("fp16", "threads", "network_resolution"),
 }
 
@@ -33,13 +33,23 @@ def _split_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in BACKEND_OPTIONS[backend]}
 
 
+_fallback_said: set[str] = set()
+
+
 def resolve_backend(path: Path, backend: str) -> str:
-    """The concrete backend ``auto`` means for this file on this machine."""
+    """The concrete backend ``auto`` means for this file on this machine. An installed TensorRT that cannot run
+    here is passed over for ONNX Runtime, saying why once per process."""
     if backend != "auto":
         return backend
     if is_checkpoint(path):
         return "torch"
-    return "tensorrt" if tensorrt_status()[0] else "onnxruntime"
+    usable, why = tensorrt_status()
+    if usable:
+        return "tensorrt"
+    if has_module("tensorrt") and why not in _fallback_said:
+        _fallback_said.add(why)
+        log.warning("backend auto: TensorRT is installed but cannot run here (%s); using ONNX Runtime", why)
+    return "onnxruntime"
 
 
 def open_backend(path: Path, backend: str = "auto", device: str = "auto", **options: Any) -> AnomalyModel:
