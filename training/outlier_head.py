@@ -182,10 +182,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fit and write atomically; prints the written path."""
     from dicnet_training.calibrate import config_for
+    from dicnet_training.command import Outputs, run_command
     from dicnet_training.engine import setup_logging
 
-    setup_logging(None, True)
-    log.info("fitting the outlier head of %s", args.checkpoint)
-    cfg = config_for(args.checkpoint, args.config, args.override)
-    print(fit_outlier_head(args.checkpoint, cfg, args.out, args.device, not args.no_progress))
-    return 0
+    def work(outputs: Outputs) -> int:
+        setup_logging(None, True)
+        log.info("fitting the outlier head of %s", args.checkpoint)
+        cfg = config_for(args.checkpoint, args.config, args.override)
+        print(fit_outlier_head(args.checkpoint, cfg, outputs.watch(args.out), args.device, not args.no_progress))
+        return 0
+
+    return run_command(args.command, work)
