@@ -1,8 +1,12 @@
 """What a training command does with a user's mistake: config keys checked against the schema, one-line errors,
-no empty outputs."""
+no empty outputs, install advice that fits the installation."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from dicnet_training.command import Outputs, run_command
 from dicnet_training.config import ConfigError, check_keys, load_config, valid_keys
 
 from dicnet_ros.cli import main as dicnet
+from dicnet_ros.installation import installation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,3 +188,49 @@ def test_a_run_folder_that_can_be_resumed_is_kept(tmp_path: Path, capsys: pytest
     with pytest.raises(KeyError):
         run_command("calibrate", bug)
     assert not (tmp_path / "runs3").exists()
+
+
+# ----------------------------------------------------------------------------------------------- install advice
+def test_install_advice_fits_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    here = installation()
+    assert here.kind == "checkout" and here.root == REPO  # the tests run from the source tree
+    monkeypatch.chdir(REPO)
+    assert here.install_hint("train") == "pip install -e '.[train]'"
+    monkeypatch.chdir(tmp_path)
+    assert here.install_hint("train") == f"pip install -e '{REPO}[train]'"
+
+
+@pytest.mark.slow
+def test_install_advice_fits_a_colcon_and_a_pip_install(tmp_path: Path) -> None:
+    """A real `colcon build` of the package: inside it, a missing PyTorch is advised with the packages of the
+    train extra for the Python that runs ROS (no `pip install -e`, which cannot add an extra to a colcon install);
+    the same package folder in a plain site-packages (a pip install) gets `pip install` of the same packages."""
+    pytest.importorskip("colcon_core", reason="colcon comes with the dev extra: pip install -e '.[dev]'")
+    workspace = tmp_path / "ws"
+    (workspace / "src").mkdir(parents=True)
+    (workspace / "src" / "dicnet_ros").symlink_to(REPO, target_is_directory=True)
+    env = {**os.environ, "COLCON_HOME": str(workspace / "colcon_home")}
+    build = subprocess.run([sys.executable, "-m", "colcon", "--log-base", str(workspace / "log"), "build",
+                            "--base-paths", str(workspace / "src"), "--build-base", str(workspace / "build"),
+                            "--install-base", str(workspace / "install"), "--event-handlers", "console_direct+",
+                            "desktop_notification-", "status-"], cwd=workspace, env=env, capture_output=True,
+                           text=True, timeout=600, check=False)
+    assert build.returncode == 0, (build.stdout + build.stderr)[-3000:]
+    site = next((workspace / "install/dicnet_ros/lib").glob("python3*/site-packages"))
+    colcon = installation(site / "dicnet_ros")
+    assert colcon.kind == "colcon"
+    missing_torch = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['torch'] = None\n"
+         "from dicnet_ros.cli import main; main(['train-teacher', '--config', 'ci'])"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True, timeout=120)
+    assert missing_torch.returncode == 1
+    assert missing_torch.stderr.strip() == (
+        "dicnet train-teacher: missing dependency 'torch' (the 'train' extra). Install it with: python3 -m pip "
+        "install 'torch==2.14.1' 'torchvision==0.29.1' 'tqdm>=4.60' 'tensorboard>=2.14' 'onnx>=1.16' "
+        "'onnxscript>=0.2' 'matplotlib>=3.7' (a colcon install: into the Python that runs ROS 2)")
+
+    plain = tmp_path / "site-packages"  # what `pip install` leaves: the packages and their metadata, no ament prefix
+    shutil.copytree(site, plain, symlinks=True)
+    pip = installation(plain / "dicnet_ros")
+    assert pip.kind == "pip" and pip.install_hint("sim") == "pip install 'pybullet>=3.2'"
+    assert pip.install_hint("train").startswith("pip install 'torch==2.14.1' 'torchvision==0.29.1'")
