@@ -59,7 +59,7 @@ bench: $(VENV)/.full
 		--int8-model models/dicnet_sim_default_int8.onnx --json bench_cpu.json
 
 # The shipped model's recipe (training/configs/sim.yaml, models/README.md), into runs/sim.
-SIM_DATA ?= /tmp/simdata
+SIM_DATA ?= data/sim
 sim-data: $(VENV)/.full
 	$(DICNET) sim --out $(SIM_DATA) --splits train,val --counts 1600,150 --size 384x216 --seed 0 --outlier-proxies 0.5
 	$(DICNET) sim --out $(SIM_DATA)_test --split test --count 500 --size 384x216 --seed 0

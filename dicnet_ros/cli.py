@@ -33,6 +33,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: The optional dependencies a subcommand may miss -> the setup.py extra that installs them.
+EXTRA_OF_MODULE: dict[str, str] = {"torch": "train", "pybullet": "sim", "rosbags": "bag", "rclpy": "ros"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
@@ -49,15 +53,18 @@ def _load(name: str):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        hint = {
-            "torch": "pip install -e '.[train]'",
-            "pybullet": "pip install -e '.[sim]'",
-            "rosbags": "pip install -e '.[bag]'",
-            "rclpy": "pip install -e '.[ros]' (or source a ROS 2 installation)",
-        }.get((exc.name or "").split(".")[0])
-        if hint is None:
+        extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+        if extra is None:
             raise
-        raise SystemExit(f"dicnet {name}: missing dependency '{exc.name}'. Install it with: {hint}") from exc
+        from dicnet_ros.installation import installation
+
+        install = installation()
+        if extra == "ros" and install.kind == "colcon":
+            hint = "source the ROS 2 installation (source /opt/ros/<distro>/setup.bash), then install/setup.bash"
+        else:
+            hint = install.install_hint(extra) + (" (or source a ROS 2 installation)" if extra == "ros" else "")
+        raise SystemExit(f"dicnet {name}: missing dependency '{exc.name}' (the '{extra}' extra). Install it with: "
+                         f"{hint}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:

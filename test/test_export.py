@@ -122,7 +122,9 @@ def test_cli_export_with_parity(tiny_checkpoint: Path, tmp_path: Path, capsys: p
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--check-parity", "1",
                  "--opset", "18"]) == 0
     assert out.is_file() and "parity" in capsys.readouterr().out
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--opset", "13"]) == 1
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--opset", "13"]) == 2
+    assert capsys.readouterr().err == "dicnet export: error: opset 13 is too old; use 17 or newer\n"
+    assert out.is_file()  # the model that was there before a failed export stays
 
 
 @pytest.mark.parametrize("labels", ["nearest", "bilinear"])
@@ -221,7 +223,7 @@ def test_int8_cli_needs_calibration_data(tiny_checkpoint: Path, tmp_path: Path, 
     from dicnet_ros.cli import main as dicnet
 
     assert dicnet(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx"), "--int8"]) == 2
-    assert "--calibration-data" in capsys.readouterr().out
+    assert "--calibration-data" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
 
 

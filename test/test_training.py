@@ -33,9 +33,9 @@ def _ci(root: Path, *extra: str) -> list[str]:
 
 def test_config_overrides_parse_yaml_values() -> None:
     cfg = load_config("ci", ["teacher.epochs=3", "model.feature_channels=64", "augment.scale_range=[1, 2]",
-                             "new.section.value=null"])
+                             "calibration.mu_max_images=null"])
     assert cfg["teacher"]["epochs"] == 3 and cfg["model"]["feature_channels"] == 64
-    assert cfg["augment"]["scale_range"] == [1, 2] and cfg["new"]["section"]["value"] is None
+    assert cfg["augment"]["scale_range"] == [1, 2] and cfg["calibration"]["mu_max_images"] is None
     assert cfg["student"]["lr"] == pytest.approx(1e-3)  # from the file, defaults below it
     with pytest.raises(ConfigError):
         load_config("ci", ["no_equals_sign"])

@@ -61,14 +61,19 @@ def config_for(checkpoint: str, config: str | None, overrides: list[str]) -> dic
 def run(args: argparse.Namespace) -> int:
     """Calibrate and write atomically; prints the written path."""
     from dicnet_training.calibration import calibrate
+    from dicnet_training.command import Outputs, run_command
     from dicnet_training.engine import setup_logging
 
-    setup_logging(None, True)
-    logging.getLogger("dicnet_training").info("calibrating %s", args.checkpoint)
-    cfg = config_for(args.checkpoint, args.config, args.override)
-    path = calibrate(args.checkpoint, cfg, args.out, args.split, args.mu_split, args.target_fpr, args.scoring_mode,
-                     args.device, not args.no_progress, args.score_fusion,
-                     {"score_smoothing": args.score_smoothing, "score_class_window": args.score_class_window,
-                      "score_fusion_weight": args.score_fusion_weight, "score_class_weight": args.score_class_weight})
-    print(path)
-    return 0
+    def work(outputs: Outputs) -> int:
+        setup_logging(None, True)
+        logging.getLogger("dicnet_training").info("calibrating %s", args.checkpoint)
+        cfg = config_for(args.checkpoint, args.config, args.override)
+        path = calibrate(args.checkpoint, cfg, outputs.watch(args.out), args.split, args.mu_split, args.target_fpr,
+                         args.scoring_mode, args.device, not args.no_progress, args.score_fusion,
+                         {"score_smoothing": args.score_smoothing, "score_class_window": args.score_class_window,
+                          "score_fusion_weight": args.score_fusion_weight,
+                          "score_class_weight": args.score_class_weight})
+        print(path)
+        return 0
+
+    return run_command(args.command, work)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,13 +22,29 @@ log = logging.getLogger(__name__)
 
 def open_split(cfg: dict[str, Any], split_key: str) -> Any:
     """The dataset of ``cfg['data'][split_key]`` (e.g. 'train_split'), optionally cut to ``max_images``."""
+    from dicnet_training.config import ConfigError
+
     from dicnet_ros.data import open_dataset
+    from dicnet_ros.data.detect import UnknownLayoutError, detect_kind
 
     data = cfg["data"]
     if not data.get("root"):
-        raise ValueError("config data.root is not set (use --override data.root=/path/to/dataset)")
+        raise ConfigError("config data.root is not set (use --override data.root=/path/to/dataset)")
     split = data.get(split_key, split_key)
-    ds = open_dataset(data["root"], split, kind=data.get("kind", "auto"), **(data.get("options") or {}))
+    kind = data.get("kind", "auto")
+    try:
+        ds = open_dataset(data["root"], split, kind=kind, **(data.get("options") or {}))
+    except UnknownLayoutError as exc:
+        raise ConfigError(f"{exc}: --override data.kind=KIND") from None
+    except (FileNotFoundError, ValueError) as exc:
+        try:  # a layout named in the config that the tree does not have: say which one it has
+            found = detect_kind(Path(data["root"]).expanduser()) if kind != "auto" else kind
+        except (OSError, ValueError):
+            found = kind
+        if found == kind:
+            raise
+        raise ConfigError(f"{exc}; the tree at {data['root']} is a {found} dataset, not {kind}: "
+                          f"--override data.kind={found} (or auto)") from None
     limit = (data.get("max_images") or {}).get(split)
     if limit is not None and int(limit) < len(ds):
         ds = Subset(ds, range(int(limit)))

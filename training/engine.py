@@ -265,8 +265,9 @@ def train_teacher(cfg: dict[str, Any], run_dir: Path, resume: bool = False, show
         start_epoch, step, best, best_epoch, history = _restore_train_state(data, optimizer, scheduler, scaler)
         log.info("resumed from %s after epoch %d (step %d, best mIoU %.4f)", path, start_epoch, step, best)
     criterion = nn.CrossEntropyLoss(ignore_index=int(spec.ignore_id))
-    # outlier proxies (training images of the simulator) belong to no class: the teacher ignores them
-    proxy_ids = torch.tensor(spec.outlier_proxy_ids, device=ctx.device) if spec.outlier_proxy_ids else None
+    # outlier proxies (training images of the simulator) and labelled anomalies belong to no class: ignored
+    untrained = (*spec.outlier_proxy_ids, *spec.anomaly_ids)
+    untrained_ids = torch.tensor(untrained, device=ctx.device) if untrained else None
     aux_weight = float(tc.get("aux_weight") or 0.0)
     tb = TensorBoard(run_dir, ctx.is_main)
     log.info("teacher: %d epochs x %d steps, batch %d x %d ranks, network %dx%d, %d train / %d val images",
@@ -283,8 +284,8 @@ def train_teacher(cfg: dict[str, Any], run_dir: Path, resume: bool = False, show
         for images, labels in progress(loader, show_progress and ctx.is_main, desc=f"teacher {epoch + 1}/{epochs}"):
             images = images.to(ctx.device, non_blocking=True)
             labels = labels.to(ctx.device, non_blocking=True).long()
-            if proxy_ids is not None:
-                labels = labels.masked_fill(torch.isin(labels, proxy_ids), int(spec.ignore_id))
+            if untrained_ids is not None:
+                labels = labels.masked_fill(torch.isin(labels, untrained_ids), int(spec.ignore_id))
             x = preprocess(images, model.preprocess_config)
             with autocast(ctx.device, use_amp):
                 out = net(x)

@@ -22,12 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write the report; the table is printed too."""
+    from dicnet_training.command import Outputs, run_command
     from dicnet_training.engine import setup_logging
     from dicnet_training.evaluation import evaluate
 
-    setup_logging(None, True)
-    cfg = config_for(args.checkpoint, args.config, args.override)
-    with tdist.process_group_scope():
-        evaluate(args.checkpoint, cfg, args.out, args.split, args.minmax or None, args.device, not args.no_progress,
-                 args.max_images)
-    return tdist.exit_worker(0)
+    def work(outputs: Outputs) -> int:
+        setup_logging(None, True)
+        cfg = config_for(args.checkpoint, args.config, args.override)
+        with tdist.process_group_scope():
+            evaluate(args.checkpoint, cfg, outputs.watch(args.out), args.split, args.minmax or None, args.device,
+                     not args.no_progress, args.max_images)
+        return tdist.exit_worker(0)
+
+    return run_command(args.command, work)

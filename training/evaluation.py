@@ -106,6 +106,7 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
     want_grid = int(ev.get("qualitative", 4))
     anomaly_ids = np.asarray(spec.anomaly_ids)
     forward_s, n_images, warm = 0.0, 0, False
+    first_s, first_n = 0.0, 0  # the first (warm-up) batch: the speed only when it was the only one
     for groups in progress(loader, show_progress and ctx.is_main, desc=f"evaluate {split}"):
         for images, labels, _ in groups:
             images_dev = images.to(ctx.device)
@@ -118,6 +119,8 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
             if warm:  # the first batch pays for kernel selection / allocation: not part of the speed
                 forward_s += time.perf_counter() - t0
                 n_images += images.shape[0]
+            else:
+                first_s, first_n = time.perf_counter() - t0, images.shape[0]
             warm = True
             maps_np = {m: v.cpu().numpy().astype(np.float32) for m, v in maps.items()}
             pred_np = pred.cpu().numpy()
@@ -171,8 +174,10 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
                     for m, r in results_by_method.items()},
         "segmentation": {"miou": miou, "per_class_iou": per_class,
                          "pixel_acc": float(conf.diag().sum() / conf.sum().clamp_min(1))},
-        "speed": {"images_per_second": n_images / forward_s if forward_s > 0 else float("nan"),
-                  "forward_seconds": forward_s, "images_timed": n_images, "excludes": "first batch (warm-up)"},
+        "speed": ({"images_per_second": n_images / forward_s, "forward_seconds": forward_s,
+                   "images_timed": n_images, "excludes": "first batch (warm-up)"} if n_images else
+                  {"images_per_second": first_n / first_s if first_s > 0 else float("nan"), "forward_seconds": first_s,
+                   "images_timed": first_n, "excludes": "nothing (one batch, warm-up included)"}),
         "per_image_images": first["per_image"]["num_images"],
         "per_image_skipped": first["per_image"]["skipped_images"],
         "pooled_method": first["pooled"].get("method"),
@@ -194,5 +199,7 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
                                     meta.score_range if meta.calibration else None)
         log.info("report written to %s and %s", md, js)
         print(report.markdown_table(results))
-        print(f"teacher mIoU (known classes) {100 * miou:.2f} %, {results['speed']['images_per_second']:.2f} images/s")
+        speed = results["speed"]
+        print(f"teacher mIoU (known classes) {100 * miou:.2f} %, {speed['images_per_second']:.2f} images/s"
+              + ("" if n_images else " (one batch: warm-up included)"))
     return results

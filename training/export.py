@@ -18,6 +18,7 @@ import copy
 import hashlib
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from dicnet_training.command import Outputs, run_command
 from dicnet_training.quantize import (
     CALIBRATION_METHODS,
     INT8_TARGETS,
@@ -436,7 +438,7 @@ def run(args: argparse.Namespace) -> int:
     int8 = None
     if args.int8:
         if args.calibration_data is None:
-            print("dicnet export: --int8 needs --calibration-data (in-distribution images)")
+            print("dicnet export: error: --int8 needs --calibration-data (in-distribution images)", file=sys.stderr)
             return 2
         int8 = Int8Options(args.calibration_data, args.calibration_images, args.calibration_method,
                            args.int8_target, args.calibration_split, max_score_error=args.int8_max_score_error)
@@ -444,11 +446,14 @@ def run(args: argparse.Namespace) -> int:
                          input_size=args.input_size, fp16=args.fp16, labels=args.labels, separate=args.separate,
                          opset=args.opset, check_parity=args.check_parity, parity_images=list(args.parity_images),
                          int8=int8)
-    try:
-        result = export_onnx(args.checkpoint, args.out, opts)
-    except (ExportError, RuntimeError, ValueError) as exc:
-        print(f"dicnet export: {exc}")
-        return 1
+
+    def work(outputs: Outputs) -> int:  # a failed export (or parity check) leaves no model file behind
+        return _print_result(export_onnx(args.checkpoint, outputs.watch(args.out), opts))
+
+    return run_command(args.command, work, also_user_errors=(ExportError, RuntimeError))  # tracing errors too
+
+
+def _print_result(result: ExportResult) -> int:
     print(f"wrote {result.onnx_path}")
     if result.separate_manifest:
         print(f"wrote {result.separate_manifest}")

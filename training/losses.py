@@ -12,7 +12,7 @@ are partly proxy) and ignored pixels take part in neither term.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -110,3 +110,36 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, exposure: Ou
     if bool(outlier_cells.any()):
         loss = loss + exposure.weight * F.relu(exposure.margin - error[outlier_cells]).mean()
     return loss
+
+
+@dataclass(frozen=True)
+class OutlierHeadConfig:
+    """The ``outlier_head`` section of a training config (``dicnet fit-outlier-head``, outlier_head.py); it sits here
+    beside ``OutlierExposure`` so that the config schema (config.py) reads both without importing a command."""
+
+    epochs: int = 15
+    lr: float = 1e-3
+    weight: float = 1.0  # of the energy hinge, next to the cross-entropy on normal cells
+    max_images: int | None = None  # training images to cache (None = the whole train split)
+    paste_probability: float = 0.7
+    paste_radius: tuple[float, float] = (20.0, 150.0)
+    paste_rows: tuple[float, float] = (0.0, 1.0)  # anywhere: large anomalies reach into the sky and buildings
+    batch_cells: int = 32768
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any] | None) -> OutlierHeadConfig:
+        section = dict(section or {})
+        known = set(cls.__dataclass_fields__)
+        if set(section) - known:
+            raise ValueError(f"outlier_head: unknown keys {sorted(set(section) - known)}")
+        out = replace(cls(), **parse_paste_settings(section, "outlier_head", cls))
+        for key, value in section.items():
+            try:
+                value = None if value is None and key == "max_images" else type(getattr(cls, key) or 0)(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"outlier_head.{key}: bad value {value!r}") from None
+            out = replace(out, **{key: value})
+        if out.epochs < 1 or out.lr <= 0 or out.weight < 0 or out.batch_cells < 1:
+            raise ValueError(f"outlier_head: need epochs >= 1, lr > 0, weight >= 0, batch_cells >= 1, got {out}")
+        return out

@@ -17,51 +17,18 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dicnet_training.losses import OutlierHeadConfig
 
 log = logging.getLogger("dicnet_training")
 
 OUTLIER_TARGET = -1  # cell target of outlier proxies in the cache (normal cells hold their class id)
-
-
-@dataclass(frozen=True)
-class OutlierHeadConfig:
-    """The ``outlier_head`` section of a training config."""
-
-    epochs: int = 15
-    lr: float = 1e-3
-    weight: float = 1.0  # of the energy hinge, next to the cross-entropy on normal cells
-    max_images: int | None = None  # training images to cache (None = the whole train split)
-    paste_probability: float = 0.7
-    paste_radius: tuple[float, float] = (20.0, 150.0)
-    paste_rows: tuple[float, float] = (0.0, 1.0)  # anywhere: large anomalies reach into the sky and buildings
-    batch_cells: int = 32768
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, section: dict[str, Any] | None) -> OutlierHeadConfig:
-        from dicnet_training.losses import parse_paste_settings
-
-        section = dict(section or {})
-        known = set(cls.__dataclass_fields__)
-        if set(section) - known:
-            raise ValueError(f"outlier_head: unknown keys {sorted(set(section) - known)}")
-        out = replace(cls(), **parse_paste_settings(section, "outlier_head", cls))
-        for key, value in section.items():
-            try:
-                value = None if value is None and key == "max_images" else type(getattr(cls, key) or 0)(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"outlier_head.{key}: bad value {value!r}") from None
-            out = replace(out, **{key: value})
-        if out.epochs < 1 or out.lr <= 0 or out.weight < 0 or out.batch_cells < 1:
-            raise ValueError(f"outlier_head: need epochs >= 1, lr > 0, weight >= 0, batch_cells >= 1, got {out}")
-        return out
 
 
 @torch.no_grad()
@@ -215,10 +182,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fit and write atomically; prints the written path."""
     from dicnet_training.calibrate import config_for
+    from dicnet_training.command import Outputs, run_command
     from dicnet_training.engine import setup_logging
 
-    setup_logging(None, True)
-    log.info("fitting the outlier head of %s", args.checkpoint)
-    cfg = config_for(args.checkpoint, args.config, args.override)
-    print(fit_outlier_head(args.checkpoint, cfg, args.out, args.device, not args.no_progress))
-    return 0
+    def work(outputs: Outputs) -> int:
+        setup_logging(None, True)
+        log.info("fitting the outlier head of %s", args.checkpoint)
+        cfg = config_for(args.checkpoint, args.config, args.override)
+        print(fit_outlier_head(args.checkpoint, cfg, outputs.watch(args.out), args.device, not args.no_progress))
+        return 0
+
+    return run_command(args.command, work)

@@ -68,7 +68,7 @@ def markdown_report(results: dict[str, Any]) -> str:
 - model: teacher {info['teacher_backbone']}, student {info['student_backbone']}, {info['feature_channels']}
   channels, teacher feature `{info['teacher_norm']}`; shipped scoring mode `{info['scoring_mode']}`
 - device {info['device']}: {results['speed']['images_per_second']:.2f} images/s (teacher + student forward and all score
-  maps at label size from one pass, batch {info['batch_size']}, first batch excluded)
+  maps at label size from one pass, batch {info['batch_size']}, timing excludes {results['speed']['excludes']})
 
 ## Anomaly segmentation (all numbers in %)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dicnet_training import distributed as tdist
+from dicnet_training.command import Outputs, run_command
 from dicnet_training.config import add_config_arguments, load_config
 
 
@@ -23,11 +24,15 @@ def add_stage_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_stage(args: argparse.Namespace, stage: str, train: Callable[..., Path]) -> int:
     """Run one stage into ``--out`` (default: config out_dir/<stage>); rank 0 prints the best checkpoint."""
-    cfg = load_config(args.config, args.override)
-    out = Path(args.out) if args.out else Path(cfg["out_dir"]) / stage
-    with tdist.process_group_scope():
-        best = train(cfg, run_dir=out, resume=args.resume, show_progress=not args.no_progress, device=args.device,
-                     stop_after_epochs=args.stop_after_epochs, init_from=args.init_from)
-    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per rank
-        print(best)
-    return tdist.exit_worker(0)
+
+    def work(outputs: Outputs) -> int:
+        cfg = load_config(args.config, args.override)
+        out = outputs.watch(Path(args.out) if args.out else Path(cfg["out_dir"]) / stage)
+        with tdist.process_group_scope():
+            best = train(cfg, run_dir=out, resume=args.resume, show_progress=not args.no_progress,
+                         device=args.device, stop_after_epochs=args.stop_after_epochs, init_from=args.init_from)
+        if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per rank
+            print(best)
+        return tdist.exit_worker(0)
+
+    return run_command(args.command, work)

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 KINDS: tuple[str, ...] = ("auto", "streethazards", "bdd_anomaly", "folder")
 
 
+class UnknownLayoutError(ValueError):
+    """The tree matches no known layout; each tool says how its user names one (a config key, an option)."""
+
+
 def detect_kind(root: Path) -> str:
     """Guess the dataset layout from the directory tree."""
     if root.is_file() and root.suffix.lower() in (".yaml", ".yml"):
@@ -32,10 +36,11 @@ def detect_kind(root: Path) -> str:
         return "streethazards"
     if looks_like_bdd(root):
         return "bdd_anomaly"
-    raise ValueError(
+    raise UnknownLayoutError(
         f"cannot tell the dataset layout of {root}: expected a StreetHazards tree "
         "(train/images/training, train/images/validation or test/images/test), a BDD-Anomaly tree "
-        "(seg/images + seg/train_labels) or a dataset.yaml with 'splits'; pass kind= explicitly"
+        "(seg/images + seg/train_labels) or a dataset.yaml with 'splits' (a folder dataset, "
+        "dicnet_ros/data/folder.py); or name the layout (streethazards, bdd_anomaly or folder)"
     )
 
 

@@ -71,7 +71,7 @@ class FolderDataset(SegmentationDataset):
         splits = data.get("splits")
         if not isinstance(splits, dict) or not splits:
             raise ValueError(
-                f"{yaml_path}: needs a 'splits' mapping, e.g. splits: {{train: {{images: DIR, labels: DIR}}}}}}}}"
+                f"{yaml_path}: needs a 'splits' mapping, e.g. splits: {{train: {{images: DIR, labels: DIR}}}}"
             )
         entry = splits.get(split)
         if entry is None:

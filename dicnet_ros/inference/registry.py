@@ -76,7 +76,9 @@ def open_backend(path: Path, backend: str = "auto", device: str = "auto", **opti
         return OrtModel(path, device=device, **kwargs)
     if name == "torch":
         if not has_module("torch"):
-            raise BackendUnavailableError(f"backend 'torch' needs PyTorch (pip install -e '.[train]'); available: "
+            from dicnet_ros.installation import install_hint
+
+            raise BackendUnavailableError(f"backend 'torch' needs PyTorch ({install_hint('train')}); available: "
                                           f"{describe_available(exclude='torch')}")
         from dicnet_ros.inference.torch_backend import TorchModel
 

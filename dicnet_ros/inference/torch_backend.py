@@ -52,7 +52,9 @@ class TorchModel(AnomalyModel):
         try:
             import torch
         except ImportError as exc:
-            raise BackendUnavailableError("backend 'torch' needs PyTorch (pip install -e '.[train]')") from exc
+            from dicnet_ros.installation import install_hint
+
+            raise BackendUnavailableError(f"backend 'torch' needs PyTorch ({install_hint('train')})") from exc
         from dicnet_ros.model.checkpoint import CheckpointError, model_from_checkpoint
 
         path = Path(path)
