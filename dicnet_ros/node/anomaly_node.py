@@ -74,9 +74,10 @@ class AnomalyNode(Node):
             self._p = self._declare_parameters()
             specs = self._camera_specs()
             self._warn_unknown_parameters()
+            batch = min(len(specs), self._p["max_batch"] or len(specs))
             self._model = model if model is not None else open_model(
                 self._p["model_path"], self._p["backend"], self._p["device"], self._p["engine_cache_dir"],
-                self._p["num_threads"])
+                self._p["num_threads"], batch)
             self._setup_model(specs)
         except (ParameterError, NodeStartupError) as exc:
             if self._owns_model and getattr(self, "_model", None) is not None:

@@ -18,7 +18,7 @@ def default_model_path() -> Path:
 
 
 def open_model(model_path: str, backend: str, device: str, engine_cache_dir: str = "",
-               num_threads: int = 0) -> AnomalyModel:
+               num_threads: int = 0, max_batch: int = 1) -> AnomalyModel:
     """Load the model through ``dicnet_ros.inference``; every failure becomes one NodeStartupError line.
 
     ``model_path`` empty: the default model; a bare file name that is not in the working directory: that file
@@ -39,6 +39,8 @@ def open_model(model_path: str, backend: str, device: str, engine_cache_dir: str
         options.update(cache_dir=engine_cache_dir, trt_cache_dir=engine_cache_dir)
     if num_threads:
         options["threads"] = num_threads
+    if max_batch > 1:  # a TensorRT engine is built for batches up to the number of cameras
+        options["max_batch"] = max_batch
     try:
         return load_model(path, backend=backend, device=device, **options)
     except BackendUnavailableError as exc:
