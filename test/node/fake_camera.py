@@ -17,7 +17,7 @@ import time
 import numpy as np
 import rclpy
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 
 def main() -> int:
@@ -30,6 +30,8 @@ def main() -> int:
     parser.add_argument("--first-stamp", type=int, default=1000)
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--compressed", choices=("jpeg", "png"), help="publish CompressedImage on TOPIC/compressed")
+    parser.add_argument("--frame-id", default="fake_camera")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     rclpy.init()
@@ -38,7 +40,10 @@ def main() -> int:
     # what camera drivers use: reliable keep-last (REP 2003 "system default") or the sensor-data profile
     qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5 if reliable else 1,
                      reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
-    pub = node.create_publisher(Image, args.topic, qos)
+    if args.compressed:
+        pub = node.create_publisher(CompressedImage, f"{args.topic}/compressed", qos)
+    else:
+        pub = node.create_publisher(Image, args.topic, qos)
     deadline = time.monotonic() + args.timeout
     matched_since = None
     while time.monotonic() < deadline:
@@ -53,12 +58,20 @@ def main() -> int:
         print(json.dumps({"published": 0, "error": "no subscriber matched"}), flush=True)
         return 1
     rng = np.random.default_rng(0)
-    frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8).tobytes()
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    frame = pixels.tobytes()
+    if args.compressed:
+        import cv2
+
+        frame = cv2.imencode(f".{'jpg' if args.compressed == 'jpeg' else 'png'}", pixels)[1].tobytes()
     start = time.monotonic()
     stamps = []
     for i in range(args.count):
-        msg = Image(height=height, width=width, encoding="bgr8", is_bigendian=0, step=width * 3)
-        msg.header.frame_id = "fake_camera"
+        if args.compressed:
+            msg = CompressedImage(format=args.compressed)
+        else:
+            msg = Image(height=height, width=width, encoding="bgr8", is_bigendian=0, step=width * 3)
+        msg.header.frame_id = args.frame_id
         msg.header.stamp.sec = args.first_stamp + i
         msg.data = frame
         pub.publish(msg)

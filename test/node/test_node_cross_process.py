@@ -246,3 +246,88 @@ def test_node_leaves_when_its_parent_dies(tiny_onnx: Path) -> None:
     if not _gone(pid):
         os.kill(pid, signal.SIGKILL)
         raise AssertionError("the node outlived its parent:\n" + "".join(lines))
+
+
+class CameraListener:
+    """This process: each camera's masks (stamp -> (height, width, frame_id)) and each camera's diagnostics."""
+
+    def __init__(self, cameras: list[str]) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        self.node = rclpy.create_node("multicam_listener", context=self.context)
+        self.lock = threading.Lock()
+        self.masks: dict[str, dict[int, tuple[int, int, str]]] = {c: {} for c in cameras}
+        self.diagnostics: dict[str, dict[str, str]] = {}
+        for camera in cameras:
+            self.node.create_subscription(Image, f"/{camera}/anomaly_node/anomaly_mask",
+                                          lambda msg, c=camera: self._on_mask(c, msg),
+                                          QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        threading.Thread(target=self.executor.spin, daemon=True).start()
+
+    def _on_mask(self, camera: str, msg: Any) -> None:
+        with self.lock:
+            self.masks[camera][msg.header.stamp.sec] = (msg.height, msg.width, msg.header.frame_id)
+
+    def _on_diag(self, msg: Any) -> None:
+        with self.lock:
+            for status in msg.status:
+                self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def start_camera(camera: str, size: str, count: int, first: int, rate: float = 5.0,
+                 compressed: str | None = None) -> subprocess.Popen:
+    args = [sys.executable, str(CAMERA), "--topic", f"/{camera}/image_raw", "--size", size, "--rate", str(rate),
+            "--count", str(count), "--first-stamp", str(first), "--frame-id", f"{camera}_optical"]
+    return subprocess.Popen(args + (["--compressed", compressed] if compressed else []), env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_one_node_serves_three_cameras_in_other_processes(tiny_onnx: Path) -> None:
+    """cameras: [xa, xb, xc], each camera its own process: 640x360 raw, 320x240 JPEG (compressed), 640x360 raw that
+    stops after a few frames. Every live camera is answered with its own headers and sizes, the stopped one does
+    not stall the others, and /diagnostics has a status per camera."""
+    cameras = ["xa", "xb", "xc"]
+    node = NodeProcess("-p", f"model_path:={tiny_onnx}", "-p", "backend:=onnxruntime", "-p", "device:=cpu",
+                       "-p", "num_threads:=1", "-p", "cameras:=[xa, xb, xc]", "-p",
+                       "camera.xb.image_transport:=compressed", "-p", "diagnostics_period_s:=0.5")
+    listener = CameraListener(cameras)
+    try:
+        assert node.wait_for("ready:"), node.log
+        counts = {"xa": 30, "xb": 30, "xc": 5}
+        procs = {"xa": start_camera("xa", "640x360", counts["xa"], 1000),
+                 "xb": start_camera("xb", "320x240", counts["xb"], 2000, compressed="jpeg"),
+                 "xc": start_camera("xc", "640x360", counts["xc"], 3000)}
+        sent = {}
+        for camera, proc in procs.items():
+            out, _ = proc.communicate(timeout=120)
+            sent[camera] = json.loads(out.strip().splitlines()[-1])
+            assert sent[camera]["published"] == counts[camera], out
+        time.sleep(1.0)
+        sizes = {"xa": (360, 640), "xb": (240, 320), "xc": (360, 640)}
+        for camera in cameras:
+            with listener.lock:
+                answered = dict(listener.masks[camera])
+            first = sent[camera]["first_stamp"]
+            assert len(answered) >= 0.9 * counts[camera], (camera, len(answered), node.log[-2000:])
+            assert set(answered) <= set(range(first, first + counts[camera])), camera  # its own stamps only
+            assert all(hw_id == (*sizes[camera], f"{camera}_optical") for hw_id in answered.values()), camera
+        # xa and xb kept being answered after xc stopped: xc's last frame was long before theirs
+        assert max(listener.masks["xa"]) == sent["xa"]["last_stamp"]
+        with listener.lock:
+            diagnostics = dict(listener.diagnostics)
+        for camera in cameras:
+            values = diagnostics[f"/{camera}/anomaly_node: anomaly segmentation"]
+            assert int(values["processed"]) >= 0.9 * counts[camera] and values["errors"] == "0", (camera, values)
+        assert diagnostics["/anomaly_node: anomaly segmentation"]["cameras"] == "xa,xb,xc"
+    finally:
+        listener.close()
+        code = node.stop()
+    assert code == 0, node.log
