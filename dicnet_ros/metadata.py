@@ -42,6 +42,8 @@ class ModelMetadata:
     training: dict[str, Any] = field(default_factory=dict)  # config + provenance of the training run
     export: dict[str, Any] = field(default_factory=dict)  # output resolution, dtype, dynamic, opset ...
     source_checkpoint: str | None = None
+    # SHA-256 of the model file with this digest zeroed (dicnet_ros.integrity); null: written before checksums
+    weights_sha256: str | None = None
     package_version: str = __version__
     format: int = METADATA_FORMAT
 
@@ -170,6 +172,8 @@ TOP_LEVEL_RULES: dict[str, FieldRule] = {
     "training": (is_object, "an object"),
     "export": (is_object, "an object"),
     "source_checkpoint": (or_null(is_string), "a string or null"),
+    "weights_sha256": (or_null(lambda v: is_string(v) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)),
+                       "64 hexadecimal digits or null"),
     "package_version": (is_string, "a string"),
 }
 # optional keys inside the objects above that runtimes read (checked when present)

@@ -11,6 +11,7 @@ import pytest
 from dicnet_ros.inference import BackendUnavailableError, ModelLoadError, load_model
 from dicnet_ros.inference.availability import available_backends
 from dicnet_ros.inference.registry import resolve_backend
+from dicnet_ros.integrity import restamp
 from dicnet_ros.metadata import METADATA_KEY
 
 onnx = pytest.importorskip("onnx")
@@ -89,6 +90,7 @@ def test_model_without_maxlogit_output_still_loads(tmp_path: Path, tiny_onnx: Pa
     old.graph.output.extend(kept)
     path = tmp_path / "before_maxlogit.onnx"
     onnx.save(old, str(path))
+    restamp(path)  # a deliberate edit: record the weights checksum again
     image = np.random.default_rng(6).integers(0, 256, (64, 96, 3), dtype=np.uint8)
     before = load_model(path, "onnxruntime", "cpu").infer(image)
     now = load_model(tiny_onnx, "onnxruntime", "cpu").infer(image)
@@ -142,6 +144,7 @@ def _with_metadata(src: Path, dst: Path, value: str | None) -> Path:
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, value
     onnx.save(model, str(dst))
+    restamp(dst)  # a deliberate edit: record the weights checksum again
     return dst
 
 
@@ -167,6 +170,7 @@ def test_onnx_with_wrong_io(tmp_path: Path, tiny_onnx: Path) -> None:
     entry.key, entry.value = METADATA_KEY, meta
     path = tmp_path / "wrongio.onnx"
     onnx.save(model, str(path))
+    restamp(path)  # a deliberate edit: record the weights checksum again
     _expect_load_error(path, match="not a DiCNet fused graph")
 
 

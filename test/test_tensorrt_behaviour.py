@@ -17,6 +17,7 @@ from dicnet_ros.inference import availability, registry, trt_backend
 from dicnet_ros.inference import engine_cache as ec
 from dicnet_ros.inference.ort_backend import OrtModel
 from dicnet_ros.inference.trt_api import runtime_problem
+from dicnet_ros.integrity import restamp
 
 pytest.importorskip("torch")
 
@@ -197,6 +198,7 @@ def test_an_export_with_a_fixed_batch_runs_one_image_per_call(
         model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch  # what a non-dynamic export has
         path = tmp_path / f"fixed{batch}.onnx"
         onnx.save(model, str(path))
+        restamp(path)  # a deliberate edit: record the weights checksum again
         return path
 
     with caplog.at_level(logging.WARNING):

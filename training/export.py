@@ -37,6 +37,7 @@ from dicnet_training.quantize import (
 )
 from torch import nn
 
+from dicnet_ros.integrity import PLACEHOLDER, stamp_file
 from dicnet_ros.metadata import METADATA_KEY, ModelMetadata
 from dicnet_ros.model.checkpoint import model_from_checkpoint
 from dicnet_ros.model.dicnet import LABEL_MODES, DiCNet, DiCNetOutput
@@ -213,8 +214,8 @@ def _onnx_export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, 
     return "torchscript"
 
 
-def _write_metadata(path: Path, metadata: ModelMetadata) -> None:
-    """Put the metadata JSON into ``metadata_props`` and check the model."""
+def write_metadata(path: Path, metadata: ModelMetadata, check: bool = True) -> None:
+    """Put the metadata JSON into ``metadata_props``, check the model, and stamp the weights checksum in."""
     import onnx
 
     model = onnx.load(str(path))
@@ -222,10 +223,13 @@ def _write_metadata(path: Path, metadata: ModelMetadata) -> None:
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     entry = model.metadata_props.add()
+    metadata.weights_sha256 = PLACEHOLDER  # filled in by stamp_file once the file is final
     entry.key, entry.value = METADATA_KEY, metadata.to_json()
     model.producer_name = "dicnet_ros"
     onnx.save(model, str(path))
-    onnx.checker.check_model(str(path), full_check=True)
+    if check:
+        onnx.checker.check_model(str(path), full_check=True)
+    metadata.weights_sha256 = stamp_file(path)
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions | None = None) -> ExportResult:
@@ -283,7 +287,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
             fp32_out.unlink(missing_ok=True)
         meta.export = {**meta.export, "quantization": report.metadata()}
         report_path = write_report(report, out)[1]
-    _write_metadata(out, meta)
+    write_metadata(out, meta)
     log.info("exported %s (%s exporter, %.1f s)", out, exporter, time.perf_counter() - start)
     result = ExportResult(out, meta, int8_report=report_path)
     if opts.separate:
@@ -324,7 +328,7 @@ def export_separate(model: DiCNet, export_model: DiCNet, meta: ModelMetadata, ou
         exporter = _onnx_export(module, args, path, inputs, outputs, dyn, opts.opset)
         role_meta = ModelMetadata(**{**meta.__dict__, "export": {**meta.export, "form": f"separate:{role}",
                                                                  "exporter": exporter}})
-        _write_metadata(path, role_meta)
+        write_metadata(path, role_meta)
         graphs[role] = path.name
     manifest = folder / "dicnet.separate.json"
     sep_meta = ModelMetadata(**{**meta.__dict__, "export": {**meta.export, "form": "separate"}})

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from dicnet_ros.inference.base import DOMAIN_KEY, ModelLoadError
+from dicnet_ros.integrity import IntegrityError, check_digest
 from dicnet_ros.metadata import METADATA_KEY, MetadataError, ModelMetadata
 
 SEPARATE_FORMAT = "dicnet-separate/1"
@@ -91,14 +92,20 @@ def resolve_model_files(path: str | Path) -> ModelFiles:
 
 
 def parse_metadata(props: dict[str, str], path: Path) -> ModelMetadata:
-    """DiCNet metadata from an ONNX's custom metadata map, or ModelLoadError naming the file."""
+    """DiCNet metadata from an ONNX's custom metadata map (the file's weights checked against the checksum it
+    carries), or ModelLoadError naming the file."""
     if METADATA_KEY not in props:
         raise ModelLoadError(f"{path}: ONNX model has no DiCNet metadata (metadata_props key '{METADATA_KEY}'); "
                              f"export it with `dicnet export`")
     try:
-        return ModelMetadata.from_json(props[METADATA_KEY], str(path))
+        metadata = ModelMetadata.from_json(props[METADATA_KEY], str(path))
     except (MetadataError, TypeError) as exc:
         raise ModelLoadError(" ".join(str(exc).split())) from exc
+    try:
+        check_digest(path, metadata.weights_sha256)
+    except IntegrityError as exc:
+        raise ModelLoadError(str(exc)) from None
+    return metadata
 
 
 def check_io(role: str, inputs: dict[str, tuple[str, list]], outputs: dict[str, tuple[str, list]],

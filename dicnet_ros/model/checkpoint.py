@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from dicnet_ros.integrity import DIGEST_KEY, tensors_digest
 from dicnet_ros.metadata import MetadataError, ModelMetadata
 from dicnet_ros.model.dicnet import DiCNet, ModelConfig, build_dicnet
 
@@ -29,11 +30,17 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated or not a DiCNet checkpoint; the message names the file."""
 
 
+#: the weight tensors of a checkpoint; their digest (dicnet_ros.integrity) is stored beside them
+WEIGHT_KEYS = ("teacher", "student", "outlier_head")
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write atomically (temp file + rename) so an interrupted run never leaves a half-written checkpoint."""
+    """Write atomically (temp file + rename) so an interrupted run never leaves a half-written checkpoint; the
+    weights' checksum goes in with them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": CHECKPOINT_FORMAT, **payload}
+    data[DIGEST_KEY] = tensors_digest(data.get(k) for k in WEIGHT_KEYS)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -59,6 +66,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     for key in ("model_config", "metadata", "teacher"):
         if key not in data:
             raise CheckpointError(f"{path}: checkpoint lacks '{key}'")
+    recorded = data.get(DIGEST_KEY)
+    if recorded is not None and tensors_digest(data.get(k) for k in WEIGHT_KEYS) != recorded:
+        raise CheckpointError(f"{path}: weights checksum mismatch: the file was changed or damaged after it was "
+                              "written; copy it again or use another checkpoint")
     return data
 
 

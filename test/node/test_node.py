@@ -37,6 +37,7 @@ from std_msgs.msg import Float32, Header  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 
 from dicnet_ros.image_conversion import SUPPORTED_ENCODINGS, image_msg_to_array  # noqa: E402
+from dicnet_ros.integrity import restamp  # noqa: E402
 from dicnet_ros.node import AnomalyNode, tune_allocator  # noqa: E402
 from dicnet_ros.visualization import colorize_score, overlay  # noqa: E402
 
@@ -480,6 +481,7 @@ def onnx_with_metadata(source: Path, target: Path, **changes: Any) -> Path:
         section[leaf] = value
     entry.value = json.dumps(data)
     onnx.save(model, str(target))
+    restamp(target)  # a deliberate edit: record the weights checksum again
     return target
 
 
@@ -502,6 +504,7 @@ def onnx_failing_at_run(source: Path, target: Path) -> Path:
     model.ir_version = 8
     model.metadata_props.extend(onnx.load(str(source)).metadata_props)
     onnx.save(model, str(target))
+    restamp(target)  # a deliberate edit: record the weights checksum again
     return target
 
 
