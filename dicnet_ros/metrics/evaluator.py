@@ -21,6 +21,7 @@ from dicnet_ros.metrics.curves import (
     _NEG_ERROR,
     _POS,
     DEFAULT_RECALL_LEVELS,
+    OperatingCurve,
     _as_scores,
     _curve_from_codes,
     _curve_summary,
@@ -225,6 +226,14 @@ class AnomalyEvaluator:
             return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.uint8)
         dtype = np.result_type(*self._exact_scores)
         return (np.concatenate(self._exact_scores).astype(dtype, copy=False), np.concatenate(self._exact_codes))
+
+    def pooled_curve(self) -> tuple[OperatingCurve, str]:
+        """The pooled operating curve and how it was obtained ('exact', or 'histogram' past the exact pixel limit or
+        without ``keep_exact_pooled``); raises ValueError when there are no pixels."""
+        if self.keep_exact_pooled and not self._exact_overflow:
+            s, codes = self._concat_exact()
+            return _curve_from_codes(s, codes, False), "exact"
+        return self.histogram.curve(), "histogram"
 
     def _per_image_result(self) -> dict[str, Any]:
         c = self._counts
