@@ -86,6 +86,17 @@ class AnomalyBenchmark(SegmentationDataset):
                  len(self.items), where, self.encoding.describe(), self.track)
 
 
+def evaluation_label(label: np.ndarray, spec: DatasetSpec) -> np.ndarray:
+    """A dataset label (class ids) as the evaluation label: 1 on the spec's anomaly ids, 255 on its ignore id,
+    0 elsewhere (a benchmark reader's labels already are; simulator / StreetHazards labels become it)."""
+    if spec.anomaly_ids == (ANOMALY,) and spec.ignore_id == VOID and spec.class_names == ("normal",):
+        return label
+    out = np.zeros(label.shape, np.uint8)
+    out[label == spec.ignore_id] = VOID
+    out[np.isin(label, spec.anomaly_ids)] = ANOMALY
+    return out
+
+
 def find_image(folder: Path, stem: str, suffixes: Sequence[str] = BENCHMARK_IMAGE_SUFFIXES) -> Path | None:
     """``folder/stem.<suffix>`` for the first suffix that exists (the layouts name a file by its frame id)."""
     for suffix in suffixes:

@@ -95,3 +95,44 @@ def open_dataset(root: str | Path, split: str, kind: str = "auto", **options: An
     if unknown:
         raise ValueError(f"{kind} dataset does not take option(s) {unknown}; it accepts {accepted}")
     return cls(root, split, **options)
+
+
+def add_label_arguments(parser: Any) -> None:
+    """The command-line flags that say how a benchmark's masks read (``dataset_options`` turns them into options)."""
+    from dicnet_ros.data.label_encoding import PRESETS, TRACKS
+
+    parser.add_argument("--preset", default=None, choices=tuple(PRESETS),
+                        help="mask convention of a benchmark (default: the detected benchmark's own): "
+                             + "; ".join(f"{p.name}: {p.encoding.describe().split(': ', 1)[1]}"
+                                         for p in PRESETS.values()))
+    parser.add_argument("--anomaly-values", default=None, metavar="VALUES",
+                        help="mask values that are anomalies, e.g. 2 or 2-200 or 1,254 (every value that is neither "
+                             "anomaly nor void is normal)")
+    parser.add_argument("--void-values", default=None, metavar="VALUES",
+                        help="mask values excluded from the metrics, e.g. 255")
+    parser.add_argument("--track", default=None, choices=TRACKS,
+                        help="component size rules (SMIYC): anomaly (predicted >= 500 px, ground truth >= 100 px) "
+                             "or obstacle (50 / 10); default: the benchmark's own")
+    parser.add_argument("--laf-root", default=None,
+                        help="Fishyscapes L&F in the SMIYC layout: the LostAndFound folder with leftImg8bit/ "
+                             "(default: $DIR_LAF or a folder beside the data)")
+    parser.add_argument("--no-known", action="store_true",
+                        help="LostAndFound: leave out the frames SMIYC's LostAndFound-testNoKnown drops")
+
+
+def dataset_options(args: Any) -> dict[str, Any]:
+    """open_dataset options from ``add_label_arguments`` flags: only the ones given, so other readers stay valid."""
+    from dicnet_ros.data.label_encoding import resolve_encoding
+
+    options: dict[str, Any] = {}
+    if args.preset is not None:
+        options["preset"] = args.preset
+    if args.anomaly_values not in (None, "") or args.void_values not in (None, ""):
+        options["encoding"] = resolve_encoding(args.preset, args.anomaly_values, args.void_values)[0]
+    if args.track is not None:
+        options["track"] = args.track
+    if args.laf_root is not None:
+        options["laf_root"] = args.laf_root
+    if args.no_known:
+        options["no_known"] = True
+    return options
