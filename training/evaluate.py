@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(None, True)
     try:
         if (args.checkpoint is None) == (args.model is None):
-            raise ValueError("give --checkpoint (the PyTorch pair) or --model (an exported model), not both")
+            raise ValueError("give exactly one of --checkpoint (the PyTorch pair) and --model (an exported model)")
         dataset = None
         if args.data is not None:
             from dicnet_ros.data import open_dataset
@@ -59,14 +59,14 @@ def run(args: argparse.Namespace) -> int:
         if args.model is not None:
             return _run_model(args, dataset)
         cfg = config_for(args.checkpoint, args.config, args.override)
+        from dicnet_training.evaluation import evaluate
+
+        with tdist.process_group_scope():
+            evaluate(args.checkpoint, cfg, args.out, args.split, args.minmax or None, args.device,
+                     not args.no_progress, args.max_images, dataset=dataset)
     except (ValueError, FileNotFoundError) as exc:
         print(f"dicnet evaluate: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    from dicnet_training.evaluation import evaluate
-
-    with tdist.process_group_scope():
-        evaluate(args.checkpoint, cfg, args.out, args.split, args.minmax or None, args.device, not args.no_progress,
-                 args.max_images, dataset=dataset)
     return tdist.exit_worker(0)
 
 
