@@ -31,7 +31,7 @@ from dicnet_ros.metrics.evaluator import AnomalyEvaluator
 
 __all__ = ["ComponentEvaluator", "benchmark_metrics", "benchmark_table", "smiyc_pixel_metrics"]
 
-DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of kept frames per evaluator before they go to a temporary folder
+DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of kept frames per evaluator before they go to a temporary folder
 
 
 def smiyc_pixel_metrics(evaluator: AnomalyEvaluator) -> dict[str, Any]:
