@@ -26,7 +26,7 @@ TINY = [  # the paper's networks shrunk to seconds on a CPU; everything else is 
     "distributed.sync_bn=false", "teacher.epochs=1", "teacher.batch_size=2", "teacher.val_batch_size=2",
     "teacher.workers=0", "student.epochs=1", "student.batch_size=2", "student.val_batch_size=2", "student.workers=0",
     "outlier_head.epochs=1", "outlier_head.max_images=4", "data.outlier_objects.probability=1.0",
-    "calibration.mu_max_images=4", "eval.workers=0", "eval.batch_size=1",
+    "calibration.mu_max_images=4", "eval.workers=0", "eval.batch_size=1", "data.max_images.train=4",
 ]
 
 
