@@ -60,9 +60,9 @@ class SMIYCTrack(AnomalyBenchmark):
         if track_dir is None:
             raise FileNotFoundError(f"{root} is not a SMIYC track: expected images/ and labels_masks/ "
                                     f"(or a folder {' / '.join(TRACK_FOLDERS)} holding them)")
-        self.default_preset = TRACK_FOLDERS.get(track_dir.name, "smiyc-anomaly")
-        if "obstacle" in track_dir.name.lower():
-            self.default_preset = "smiyc-obstacle"
+        # the folder names the track (renamed folders: by the word in the name)
+        self.default_preset = TRACK_FOLDERS.get(track_dir.name) or (
+            "smiyc-obstacle" if "obstacle" in track_dir.name.lower() else "smiyc-anomaly")
         super().__init__(track_dir, split, preset, encoding, track)
         obstacle = self.default_preset == "smiyc-obstacle"
         unlabelled: list[Path] = []
