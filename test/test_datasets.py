@@ -358,7 +358,7 @@ def test_clear_errors(sh_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown split"):
         open_dataset(sh_root, "training")
     with pytest.raises(ValueError, match="unknown dataset kind"):
-        open_dataset(sh_root, "train", kind="cityscapes")
+        open_dataset(sh_root, "train", kind="mapillary")
     with pytest.raises(ValueError, match="does not take option"):
         open_dataset(sh_root, "train", anomaly_ids=[1])
     with pytest.raises(FileNotFoundError, match="test/images/test"):

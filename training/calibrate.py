@@ -39,9 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def add_checkpoint_config_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+def add_checkpoint_config_arguments(parser: argparse.ArgumentParser, checkpoint_help: str,
+                                    required: bool = True) -> None:
     """--checkpoint, and --config / --override for its data (resolved by ``config_for``)."""
-    parser.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    parser.add_argument("--checkpoint", required=required, help=checkpoint_help)
     parser.add_argument("--config", default=None, help="config for the data (default: the one in the checkpoint)")
     parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. data.root=/data/sim")

@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "out_dir": "runs/dicnet",
     "data": {"root": None, "kind": "auto", "train_split": "train", "val_split": "val", "test_split": "test",
-             "options": {}, "max_images": {}},
+             "options": {}, "max_images": {}, "outlier_objects": {}},
     "model": {},
     "input": {"height": 176, "width": 320},
     "augment": {"scale_range": [0.75, 1.5], "hflip": True, "photometric": True},

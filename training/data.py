@@ -52,6 +52,32 @@ def open_split(cfg: dict[str, Any], split_key: str) -> Any:
     return ds
 
 
+OUTLIER_OBJECT_KEYS = ("root", "probability", "max_images", "mask_value", "scale_range")
+
+
+def with_outlier_objects(ds: Any, cfg: dict[str, Any]) -> Any:
+    """The training set with object cut-outs pasted in (``data.outlier_objects``, see
+    ``dicnet_ros.data.outlier_objects``); unchanged when the section has no root. Used by the stages that learn
+    from outlier proxies (distill, fit-outlier-head), never by the teacher or on validation / evaluation images."""
+    from dicnet_ros.data.outlier_objects import COCO_OBJECT_VALUE, OutlierObjects, PastedObjects
+
+    section = (cfg.get("data") or {}).get("outlier_objects") or {}
+    if not isinstance(section, dict):
+        raise ValueError("data.outlier_objects must be a mapping (root, probability, max_images, ...)")
+    unknown = sorted(set(section) - set(OUTLIER_OBJECT_KEYS))
+    if unknown:
+        raise ValueError(f"data.outlier_objects: unknown keys {unknown}; known: {list(OUTLIER_OBJECT_KEYS)}")
+    if not section.get("root"):
+        return ds
+    objects = OutlierObjects(section["root"], int(section.get("mask_value", COCO_OBJECT_VALUE)),
+                             None if section.get("max_images") is None else int(section["max_images"]))
+    pasted = PastedObjects(ds, objects, float(section.get("probability", 0.5)), int(cfg.get("seed", 0)),
+                           tuple(section.get("scale_range") or (1.0, 1.0)))
+    log.info("outlier objects pasted into %.0f %% of the training images (label id %d)", 100 * pasted.probability,
+             pasted.proxy_id)
+    return pasted
+
+
 class Subset:
     """The first images of a dataset (keeps ``spec``, unlike torch's Subset)."""
 
@@ -78,6 +104,8 @@ class AugmentedDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        if hasattr(self.base, "set_epoch"):  # pasted outlier objects change every epoch too
+            self.base.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.base)

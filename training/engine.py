@@ -431,7 +431,7 @@ def distill(cfg: dict[str, Any], teacher_path: str | Path, run_dir: Path, resume
     sc = cfg["student"]
     seed = int(cfg.get("seed", 0))
     model, teacher_meta, _ = pair_from_teacher(teacher_path, cfg)
-    train_ds = tdata.open_split(cfg, "train_split")
+    train_ds = tdata.with_outlier_objects(tdata.open_split(cfg, "train_split"), cfg)
     val_ds = tdata.open_split(cfg, "val_split")
     spec = train_ds.spec
     if list(spec.class_names) != list(teacher_meta.class_names):

@@ -1,7 +1,9 @@
 """Evaluation of a calibrated pair: DiCNet (paper and code scoring) against MSP / MaxLogit / entropy.
 
 Every map comes from ONE forward pass per image through the model's own preprocessing, is resized to the
-label resolution, and goes to one ``AnomalyEvaluator`` per method, so all methods see the same pixels.
+label resolution, and goes to one ``AnomalyEvaluator`` per method, so all methods see the same pixels. On a data
+set with a component track (the real benchmarks) the published DiCNet score, MSP and MaxLogit also get the
+benchmark protocol (``dicnet_ros.metrics.benchmark``: SMIYC pixel definitions and component metrics).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from dicnet_training import distributed as tdist
 from dicnet_training import report
 from dicnet_training.engine import confusion_to_iou, progress, update_confusion
 
-from dicnet_ros.metrics import AnomalyEvaluator
+from dicnet_ros.data.benchmark import evaluation_label
+from dicnet_ros.metrics import AnomalyEvaluator, ComponentEvaluator, benchmark_metrics
 from dicnet_ros.model.checkpoint import model_from_checkpoint
 from dicnet_ros.model.dicnet import SCORE_SETTINGS
 from dicnet_ros.model.scoring import baseline_score, minmax_per_image
@@ -30,6 +33,7 @@ log = logging.getLogger("dicnet_training")
 
 DICNET_METHODS = ("dicnet_paper", "dicnet_code")
 BASELINE_METHODS = ("msp", "maxlogit", "entropy")
+COMPONENT_BASELINES = ("msp", "maxlogit")  # beside the published DiCNet score in the benchmark protocol
 
 
 @torch.no_grad()
@@ -73,8 +77,13 @@ def _score_range(name: str, first: torch.Tensor, num_classes: int, calibration: 
 
 def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, split: str | None = None,
              minmax: bool | None = None, device: str | None = None, show_progress: bool = True,
-             max_images: int | None = None) -> dict[str, Any]:
-    """Run the benchmark on a split, write report.md / report.json / roc.png / pr.png / qualitative.png."""
+             max_images: int | None = None, dataset: Any = None) -> dict[str, Any]:
+    """Run the benchmark on a split, write report.md / report.json / roc.png / pr.png / qualitative.png.
+
+    ``dataset`` (e.g. a real benchmark opened by ``dicnet evaluate --data``) replaces the config's data; a data set
+    that names a component ``track`` gets the benchmark protocol, and one whose classes are not the model's (every
+    benchmark: its labels are only normal / anomaly / void) no teacher mIoU.
+    """
     ev = dict(cfg.get("eval") or {})
     split = split or ev.get("split") or cfg["data"].get("test_split", "test")
     minmax = bool(ev.get("minmax", False) if minmax is None else minmax)
@@ -85,15 +94,22 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
     if not meta.calibration.get("mu_c"):
         log.warning("%s is not calibrated: paper-mode scores use mu_c = 0 (identical to code mode); run "
                     "`dicnet calibrate` first", checkpoint)
-    cfg_split = dict(cfg)
-    cfg_split["data"] = {**cfg["data"], "_eval": split}
-    ds = tdata.open_split(cfg_split, "_eval")
+    if dataset is None:
+        cfg_split = dict(cfg)
+        cfg_split["data"] = {**cfg["data"], "_eval": split}
+        ds = tdata.open_split(cfg_split, "_eval")
+    else:
+        ds, split = dataset, dataset.split
+    track, source = getattr(ds, "track", None), ds
     if max_images is not None and max_images < len(ds):
         ds = tdata.Subset(ds, range(max_images))
     spec = ds.spec
-    if list(spec.class_names) != list(meta.class_names):
+    same_classes = list(spec.class_names) == list(meta.class_names)
+    if not same_classes and track is None:
         raise ValueError(f"model classes {meta.class_names} differ from the dataset's {list(spec.class_names)}")
-    k = len(spec.class_names)
+    published = f"dicnet_{meta.scoring_mode}"
+    components = {m: ComponentEvaluator(track) for m in (published, *COMPONENT_BASELINES)} if track else {}
+    k = len(meta.class_names)
     batch = int(ev.get("batch_size", 2))
     loader = tdata.eval_loader(ds, batch, int(ev.get("workers", 0)), ctx)
     evaluators: dict[str, AnomalyEvaluator] = {}
@@ -125,16 +141,19 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
             maps_np = {m: v.cpu().numpy().astype(np.float32) for m, v in maps.items()}
             pred_np = pred.cpu().numpy()
             labels_np = labels.numpy()
-            update_confusion(conf, pred.cpu(), labels, k)
+            if same_classes:
+                update_confusion(conf, pred.cpu(), labels, k)
             for m, v in maps_np.items():
                 if m not in evaluators:
                     evaluators[m] = AnomalyEvaluator(
                         spec.anomaly_ids, ignore_ids=(spec.ignore_id,),
                         score_range=_score_range(m, maps[m], k, meta.calibration),
-                        num_bins=int(ev.get("num_bins", 10000)), keep_exact_pooled=bool(ev.get("exact_pooled", True)),
-                        per_image=True)
+                        num_bins=int(ev.get("num_bins", 10000)),
+                        keep_exact_pooled=bool(track) or bool(ev.get("exact_pooled", True)), per_image=True)
                 for i in range(v.shape[0]):
-                    evaluators[m].update(v[i], labels_np[i], pred_np[i])
+                    evaluators[m].update(v[i], labels_np[i], pred_np[i] if same_classes else None)
+                    if m in components:
+                        components[m].update(v[i], evaluation_label(labels_np[i], spec))
             for i in range(labels_np.shape[0]):
                 lab = labels_np[i].reshape(-1)
                 valid = np.flatnonzero(lab != spec.ignore_id)
@@ -154,13 +173,19 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         results_by_method = {m: e.compute() for m, e in evaluators.items()}
-    miou, per_class = confusion_to_iou(conf)
+    benchmark = {m: benchmark_metrics(evaluators[m], c) for m, c in components.items()}
+    for c in components.values():
+        c.close()
+    miou, per_class = confusion_to_iou(conf) if same_classes else (float("nan"), [])
     first = next(iter(results_by_method.values()))
     results: dict[str, Any] = {
         "info": {
-            "checkpoint": str(checkpoint), "data_root": str(cfg["data"]["root"]), "split": split,
+            "checkpoint": str(checkpoint),
+            "data_root": str(source.root if dataset is not None else cfg["data"]["root"]),
+            "split": split, "track": track,
+            "ground_truth": source.describe() if hasattr(source, "describe") else None,
             "num_images": len(ds), "anomaly_ids": list(spec.anomaly_ids), "ignore_id": spec.ignore_id,
-            "class_names": list(spec.class_names),
+            "class_names": list(meta.class_names),
             "network_size": f"{model.preprocess_config.width}x{model.preprocess_config.height}",
             "teacher_backbone": model.config.teacher_backbone, "student_backbone": model.config.student_backbone,
             "feature_channels": model.config.feature_channels, "teacher_norm": model.config.teacher_norm,
@@ -173,7 +198,8 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
         "methods": {m: {"per_image": r["per_image"], "pooled": r["pooled"], "efpr": r["efpr"], "cfpr": r["cfpr"]}
                     for m, r in results_by_method.items()},
         "segmentation": {"miou": miou, "per_class_iou": per_class,
-                         "pixel_acc": float(conf.diag().sum() / conf.sum().clamp_min(1))},
+                         "pixel_acc": float(conf.diag().sum() / conf.sum().clamp_min(1))} if same_classes else None,
+        "benchmark": benchmark or None,
         "speed": ({"images_per_second": n_images / forward_s, "forward_seconds": forward_s,
                    "images_timed": n_images, "excludes": "first batch (warm-up)"} if n_images else
                   {"images_per_second": first_n / first_s if first_s > 0 else float("nan"), "forward_seconds": first_s,
@@ -199,7 +225,10 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
                                     meta.score_range if meta.calibration else None)
         log.info("report written to %s and %s", md, js)
         print(report.markdown_table(results))
+        if benchmark:
+            print(report.benchmark_section(results))
+        if same_classes:
+            print(f"teacher mIoU (known classes) {100 * miou:.2f} %")
         speed = results["speed"]
-        print(f"teacher mIoU (known classes) {100 * miou:.2f} %, {speed['images_per_second']:.2f} images/s"
-              + ("" if n_images else " (one batch: warm-up included)"))
+        print(f"{speed['images_per_second']:.2f} images/s" + ("" if n_images else " (one batch: warm-up included)"))
     return results

@@ -117,13 +117,14 @@ def fit_outlier_head(checkpoint: str | Path, cfg: dict[str, Any], out_path: str 
     head.load_state_dict(model.teacher.head[-1].state_dict())  # start from the teacher's own classifier
     model.outlier_head = head
     model.to(ctx.device).eval()
-    ds = tdata.open_split(cfg, "train_split")
+    ds = tdata.with_outlier_objects(tdata.open_split(cfg, "train_split"), cfg)
     start = time.perf_counter()
     x, y = cache_cells(model, ds, hc, ctx.device, show=show_progress)
     n_out = int((y == OUTLIER_TARGET).sum())
     if n_out == 0:
         raise ValueError("no outlier cells: the train split has no outlier proxies and outlier_head.paste_probability "
-                         "is 0; render proxies (`dicnet sim --outlier-proxies`) or paste polygons")
+                         "is 0; render proxies (`dicnet sim --outlier-proxies`), paste polygons or set "
+                         "data.outlier_objects")
     log.info("outlier head: %d normal and %d outlier feature cells cached in %.0f s", len(y) - n_out, n_out,
              time.perf_counter() - start)
     head = head.to(ctx.device)

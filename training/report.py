@@ -53,12 +53,44 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def benchmark_section(results: dict[str, Any]) -> str:
+    """The benchmark protocol's table (``dicnet_ros.metrics.benchmark``) with how the ground truth was read."""
+    from dicnet_ros.metrics import benchmark_table
+
+    info = results["info"]
+    gt = info.get("ground_truth") or {}
+    return f"""## Benchmark protocol ({gt.get('kind', 'data set')}, component track {info['track']}; all numbers in %)
+
+{benchmark_table(results["benchmark"], METHOD_TITLES)}
+
+Ground truth: {gt.get('encoding', 'the data set spec')}. Pixels: pooled over every frame's non-void pixels (frames
+without anomalies add negatives), AP = step-wise average precision, FPR95 = FPR at the highest threshold reaching
+95 % TPR. Components (SMIYC): sIoU per ground-truth component, PPV per predicted component, mean F1 over the sIoU
+thresholds 0.25..0.75, at each method's best pooled pixel-F1 threshold.
+"""
+
+
+def _segmentation_section(results: dict[str, Any]) -> str:
+    seg = results["segmentation"]
+    if seg is None:
+        return ("## Teacher segmentation\n\nNot measured: the data set's labels are anomaly masks, not the model's "
+                "classes.\n")
+    iou_rows = "\n".join(f"| {c} | {_pct(v)} |" for c, v in zip(results["info"]["class_names"], seg["per_class_iou"],
+                                                                     strict=True))
+    return f"""## Teacher segmentation (known classes)
+
+mIoU {_pct(seg['miou'])} %, pixel accuracy {_pct(seg['pixel_acc'])} %.
+
+| class | IoU % |
+|---|---|
+{iou_rows}
+"""
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     """Full report.md: provenance, the table, segmentation quality, speed, protocol notes."""
     info = results["info"]
-    seg = results["segmentation"]
-    iou_rows = "\n".join(f"| {c} | {_pct(v)} |" for c, v in zip(info["class_names"], seg["per_class_iou"],
-                                                                     strict=True))
+    benchmark = benchmark_section(results) if results.get("benchmark") else ""
     return f"""# DiCNet evaluation
 
 - checkpoint: `{info['checkpoint']}`
@@ -83,14 +115,8 @@ DiCNet `paper` = Eq. 7, mean over channels of (D - mu_c)^2 with the calibrated m
 of D^2 (official code). Min-max rows (if any) normalise each image's map to [0, 1] (official code's last step):
 it leaves per-image numbers unchanged and changes pooled ones.
 
-## Teacher segmentation (known classes)
-
-mIoU {_pct(seg['miou'])} %, pixel accuracy {_pct(seg['pixel_acc'])} %.
-
-| class | IoU % |
-|---|---|
-{iou_rows}
-"""
+{benchmark}
+{_segmentation_section(results)}"""
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from dicnet_ros.bag.families import group_order
 from dicnet_ros.bag.messages import GT_ANOMALY, GT_IGNORE, BagError
-from dicnet_ros.metrics import DEFAULT_EXACT_PIXEL_LIMIT, AnomalyEvaluator
+from dicnet_ros.metrics import DEFAULT_EXACT_PIXEL_LIMIT, AnomalyEvaluator, ComponentEvaluator, benchmark_metrics
 
 DICNET = "dicnet"
 #: Baseline maps a model may return in ``InferenceResult.extras`` (higher = more anomalous), in report order.
@@ -22,6 +22,11 @@ METHOD_LABELS = {DICNET: "DiCNet", "msp": "MSP", "maxlogit": "MaxLogit"}
 #: Recorded baseline maps looked for beside a ``--score-topic`` (the node publishes ``~/msp_score`` beside
 #: ``~/anomaly_score`` with ``publish_msp``): method -> topic name in the score topic's namespace.
 BASELINE_TOPIC_NAMES = {"msp": "msp_score", "maxlogit": "maxlogit_score"}
+
+
+#: bag ground truth (255 anomaly, 0 normal, 128 ignore) -> the evaluation label (1, 0, 255) of the component metrics
+_GT_TO_EVALUATION = np.full(256, 255, np.uint8)
+_GT_TO_EVALUATION[GT_ANOMALY], _GT_TO_EVALUATION[0] = 1, 0
 
 
 class StampMatcher:
@@ -71,8 +76,12 @@ class MetricsAccumulator:
     doubles the memory; past it they fall back to their histograms like the overall one does.
     """
 
-    def __init__(self, score_range: tuple[float, float], frame_groups: Mapping[int, str] | None = None) -> None:
+    def __init__(self, score_range: tuple[float, float], frame_groups: Mapping[int, str] | None = None,
+                 track: str | None = None) -> None:
         self.score_range = score_range
+        #: SMIYC component track: with one, every method also gets the benchmark protocol (``benchmark_metrics``)
+        self.track = track
+        self.components: dict[str, ComponentEvaluator] = {}
         self.frame_groups = dict(frame_groups or {})
         self.ranges: dict[str, tuple[float, float]] = {}
         self.evaluators: dict[str, AnomalyEvaluator] = {}
@@ -99,6 +108,10 @@ class MetricsAccumulator:
                 self.ranges[name] = method_score_range(name, score, self.score_range)
                 self.evaluators[name] = self._evaluator(name)
             self.evaluators[name].update(score, gt)
+            if self.track is not None:
+                if name not in self.components:
+                    self.components[name] = ComponentEvaluator(self.track)
+                self.components[name].update(score, _GT_TO_EVALUATION[gt])
             if group is not None:
                 by_method = self.family_evaluators.setdefault(group, {})
                 if name not in by_method:
@@ -127,6 +140,11 @@ class MetricsAccumulator:
                 "fpr": fp / (fp + tn) if fp + tn else None,
                 "iou": tp / (tp + fp + fn) if tp + fp + fn else None,
             }
+        if self.track is not None:
+            out["benchmark"] = {name: benchmark_metrics(ev, self.components.get(name))
+                                for name, ev in self.evaluators.items()}
+            for evaluator in self.components.values():
+                evaluator.close()
         out["by_family"] = {}
         for group in group_order(list(self.family_evaluators)):
             results = {name: ev.compute() for name, ev in self.family_evaluators[group].items()}

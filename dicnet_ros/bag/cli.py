@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rosbags.rosbag2.errors import WriterError
 
+from dicnet_ros.bag.accumulate import METHOD_LABELS
 from dicnet_ros.bag.evaluate import evaluate_bag
 from dicnet_ros.bag.messages import (
     COMPRESSED_FORMATS,
@@ -25,6 +26,8 @@ from dicnet_ros.bag.messages import (
 )
 from dicnet_ros.bag.report import format_pct
 from dicnet_ros.bag.write import check_output, make_bag
+from dicnet_ros.data.detect import KINDS, add_label_arguments, dataset_options
+from dicnet_ros.data.label_encoding import TRACKS
 
 COMMANDS = ("make-bag", "bag-eval")
 
@@ -43,9 +46,12 @@ def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def _make_bag_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="dataset root (StreetHazards layout or simulator output)")
+    parser.add_argument("--dataset", required=True,
+                        help="dataset root: any layout the readers detect (simulator / StreetHazards, BDD-Anomaly, "
+                             "SMIYC, LostAndFound, Fishyscapes L&F, Road Anomaly, images/ + masks/)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--kind", default="auto", help="dataset kind (default: detect)")
+    parser.add_argument("--kind", default="auto", choices=KINDS, help="dataset kind (default: detect)")
+    add_label_arguments(parser)
     parser.add_argument("--out", required=True, help="bag directory to create")
     parser.add_argument("--rate", type=float, default=10.0, help="frame rate in Hz: frame i is stamped t0 + i/rate")
     parser.add_argument("--compressed", nargs="?", const="jpeg", choices=COMPRESSED_FORMATS,
@@ -95,6 +101,9 @@ def _bag_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="namespace of the output topics")
     parser.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the model's)")
     parser.add_argument("--strip-frames", type=int, default=4, help="frames in the qualitative strip")
+    parser.add_argument("--track", default=None, choices=TRACKS,
+                        help="add the benchmark protocol (SMIYC pixel definitions, component metrics) with this "
+                             "track's size rules (default: the one make-bag recorded for a benchmark)")
     parser.add_argument("--families-from", default=None,
                         help="bag whose metadata says which anomaly families each frame shows (default: --bag's "
                              "own, as make-bag records it for simulator data), e.g. the drive a recorded node run "
@@ -125,7 +134,7 @@ def _make_bag(args: argparse.Namespace) -> int:
         storage=args.storage, image_topic=args.image_topic, gt_topic=args.gt_topic or None,
         camera_info_topic=args.camera_info_topic, frame_id=args.frame_id, limit=args.limit,
         encoding=args.encoding, start_ns=start_ns, overwrite=args.overwrite, kind=args.kind,
-        progress=not args.no_progress,
+        progress=not args.no_progress, dataset_options=dataset_options(args),
     )
     topics = ", ".join(f"{t} ({m})" for t, m in result.topics.items())
     print(f"wrote {result.path}: {result.num_frames} frames at {args.rate:g} Hz; topics {topics}")
@@ -153,7 +162,7 @@ def _bag_eval(args: argparse.Namespace) -> int:
             score_topic=args.score_topic, out_bag_name=args.out_bag, storage=args.storage,
             namespace=args.namespace, threshold=args.threshold, overwrite=args.overwrite,
             strip_frames=args.strip_frames, write_bag=not args.no_out_bag, progress=not args.no_progress,
-            families_from=args.families_from,
+            families_from=args.families_from, track=args.track,
         )
     finally:
         if model is not None:
@@ -165,6 +174,11 @@ def _bag_eval(args: argparse.Namespace) -> int:
             m = dicnet[proto]
             print(f"  DiCNet {proto:9s} AUROC {format_pct(m.get('auroc'))}  AUPR {format_pct(m.get('aupr'))}  "
                   f"FPR95 {format_pct(m.get('fpr95'))}")
+    benchmark = (result.metrics or {}).get("benchmark")
+    if benchmark:
+        from dicnet_ros.metrics import benchmark_table
+
+        print(benchmark_table(benchmark, METHOD_LABELS))
     by_family = (result.metrics or {}).get("by_family")
     if by_family:
         print("  per family (frames): " + ", ".join(f"{g} {r['num_frames']}" for g, r in by_family.items())

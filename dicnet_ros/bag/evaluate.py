@@ -120,6 +120,7 @@ def evaluate_bag(
     write_bag: bool = True,
     progress: bool = True,
     families_from: str | Path | None = None,
+    track: str | None = None,
 ) -> EvalResult:
     """Run ``model`` over every frame of ``image_topic`` (streamed), write the output bag and the report.
 
@@ -132,6 +133,9 @@ def evaluate_bag(
 
     Per anomaly family: the frame families ``make_bag`` stored in the bag's metadata (or in the metadata of
     ``families_from``, e.g. the drive a recorded node run replayed) group the frames (``families`` module).
+
+    ``track`` (default: the component track ``make_bag`` recorded for a benchmark) adds the benchmark protocol:
+    SMIYC pixel definitions and component metrics for every method (``dicnet_ros.metrics.benchmark``).
 
     A bad frame (undecodable message, image data shorter than step x height, unsupported encoding, ground truth
     of another size) stops the run with a ``BagError`` that names the topic, the frame's index on it and its
@@ -149,6 +153,7 @@ def evaluate_bag(
     info = bag_dataset_info(bag)
     family_info = bag_dataset_info(families_from) if families_from is not None else info
     groups = frame_groups(family_info)
+    track = track or info.get("component_track") or None
     image_topic = image_topic or info.get("image_topic") or None
     if gt_topic is None and info.get("gt_topic"):
         gt_topic = str(info["gt_topic"])
@@ -183,7 +188,7 @@ def evaluate_bag(
         out_bag = staged / (out_bag_name or f"{location.name or 'bag'}_dicnet")
         result = _evaluate_stream(
             bag, staged, out_bag if write_bag and model is not None else None, storage, ns, model, topics,
-            MetricsAccumulator(score_range, groups), strip_frames, progress, out_custom,
+            MetricsAccumulator(score_range, groups, track), strip_frames, progress, out_custom,
         )
         meta = {
             "bag": str(bag.resolve()),
@@ -197,6 +202,7 @@ def evaluate_bag(
             "score_range": list(score_range),
             "dataset": info.get("dataset"),
             "gt_encoding": GT_ENCODING_DOC,
+            "component_track": track,
             **result,
         }
         (staged / "metrics.json").write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")

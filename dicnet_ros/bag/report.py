@@ -101,6 +101,14 @@ def render_report(meta: Mapping[str, Any]) -> str:
         if at:
             lines += ["", f"Mask at the threshold: precision {format_pct(at['precision'])}, recall "
                           f"{format_pct(at['recall'])}, FPR {format_pct(at['fpr'])}, IoU {format_pct(at['iou'])}."]
+        if metrics.get("benchmark"):
+            from dicnet_ros.metrics import benchmark_table
+
+            lines += ["", f"## Benchmark protocol (component track {meta.get('component_track')})", "",
+                      benchmark_table(metrics["benchmark"], METHOD_LABELS), "",
+                      "Pixels pooled over non-void pixels, FPR95 at the highest threshold reaching 95 % TPR; "
+                      "components (SMIYC sIoU, PPV, mean F1 over sIoU 0.25..0.75) at each method's best pixel-F1 "
+                      "threshold."]
         if metrics.get("by_family"):
             lines += _family_table(metrics["by_family"])
     lat = meta.get("latency", {})

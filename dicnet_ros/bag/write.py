@@ -176,12 +176,16 @@ def make_bag(
     overwrite: bool = False,
     kind: str = "auto",
     progress: bool = True,
+    dataset_options: dict[str, Any] | None = None,
 ) -> MakeBagResult:
     """Write a dataset split as a camera drive: frame i is stamped ``t0 + i / rate`` on every topic.
 
     With ``compressed`` ('jpeg' or 'png') the camera goes to ``<image_topic>/compressed`` as CompressedImage;
     the ground truth stays raw mono8 (see the module docstring for its values). When the dataset has a
     simulator manifest, the visible anomaly families of each frame go into the metadata (``families`` module).
+    ``dataset_options`` go to ``open_dataset`` (a benchmark's ``preset`` / ``encoding`` / ``track``); a benchmark's
+    masks arrive as 0 / 1 / 255 and are stored in the bag's convention like every other data set, and its component
+    track is recorded so ``bag-eval`` applies the same size rules.
     """
     from tqdm import tqdm
 
@@ -198,7 +202,7 @@ def make_bag(
         raise ValueError(f"unknown compression {compressed!r}; use one of {', '.join(COMPRESSED_FORMATS)}")
     out = Path(out)
     check_output(out, overwrite)
-    ds = open_dataset(dataset, split, kind=kind)
+    ds = open_dataset(dataset, split, kind=kind, **(dataset_options or {}))
     spec = ds.spec
     families_of_image = image_families(ds.root, split)
     count = len(ds) if limit is None else max(0, min(int(limit), len(ds)))
@@ -220,7 +224,9 @@ def make_bag(
         writer = Writer(staged, version=BAG_VERSION, storage_plugin=STORAGES[storage])
         custom = {
             "dataset": spec.to_dict(),
-            "source": {"root": str(Path(dataset).resolve()), "split": split, "kind": ds.kind},
+            "source": {"root": str(Path(dataset).resolve()), "split": split, "kind": ds.kind,
+                       **(ds.describe() if hasattr(ds, "describe") else {})},
+            "component_track": getattr(ds, "track", None),
             "image_topic": cam_topic,
             "gt_topic": gt_topic or "",
             "camera_info_topic": camera_info_topic or "",

@@ -230,6 +230,33 @@ def read_label_raw(path: str | Path) -> np.ndarray:
     return raw
 
 
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a ground-truth mask of any published convention as its stored values: (H, W) uint8 or uint16.
+
+    Palette PNGs give their palette indices (as PIL reads them; OpenCV would expand them to colours), masks stored
+    as three equal channels give one of them; anything else in colour is refused.
+    """
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"mask not found: {path}")
+        raise ValueError(f"cannot decode mask {path}")
+    if raw.ndim == 3:
+        from PIL import Image  # only palette masks need it
+
+        with Image.open(path) as image:
+            if image.mode == "P":
+                return np.asarray(image, dtype=np.uint8).copy()
+        if raw.shape[2] >= 3 and np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 0], raw[..., 2]):
+            raw = np.ascontiguousarray(raw[..., 0])
+        else:
+            raise ValueError(f"mask {path} is a colour image; masks must hold one value per pixel "
+                             "(grayscale or palette PNG)")
+    if raw.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"mask {path} is {raw.dtype}; expected 8- or 16-bit values")
+    return raw
+
+
 class SegmentationDataset:
     """List of (image path, label path or None) plus the spec that decodes the labels.
 
@@ -262,7 +289,7 @@ class SegmentationDataset:
         if label_path is None:
             label = np.full(image.shape[:2], self.spec.ignore_id, np.uint8)
         else:
-            raw = read_label_raw(label_path)
+            raw = self.read_label(label_path)
             if raw.shape != image.shape[:2]:
                 raise ValueError(
                     f"label {label_path} is {raw.shape[1]}x{raw.shape[0]} but image {image_path} is "
@@ -270,6 +297,10 @@ class SegmentationDataset:
                 )
             label = self.decode_label(raw)
         return Sample(image=image, label=label, path=image_path)
+
+    def read_label(self, path: str) -> np.ndarray:
+        """The stored label values of one file (readers of other conventions override this)."""
+        return read_label_raw(path)
 
     def decode_label(self, raw: np.ndarray) -> np.ndarray:
         """Raw PNG values -> class ids (shift by ``label_offset``; unknown values -> ``ignore_id``)."""

@@ -4,6 +4,10 @@ Why one place: anomaly masks come in many conventions (0/1, 0/255, 0/1 with 255 
 LostAndFound's object ids 2..200, this package's 255 / 0 / 128). Datasets, bags and ``dicnet evaluate`` all turn
 them into the same three-valued label through a ``LabelEncoding``, so a user names their convention once
 (``--anomaly-values 2 --void-values 255``, or a preset) and every tool reads it the same way.
+
+``PRESETS`` is the one table of the published benchmarks' conventions (sources in the table); each preset also
+names the SMIYC component track whose size rules apply to it (``anomaly``: SegEval-AnomalyTrack, ``obstacle``:
+SegEval-ObstacleTrack, as SegmentMeIfYouCan/road-anomaly-benchmark's README pairs them with its data sets).
 """
 
 from __future__ import annotations
@@ -106,3 +110,59 @@ def encoding_from_values(anomaly: str | None, void: str | None = None, normal: s
     """A ``LabelEncoding`` from command-line style value lists (``--anomaly-values 2 --void-values 255``)."""
     return LabelEncoding(name, parse_values(anomaly), parse_values(void),
                          parse_values(normal) if normal not in (None, "") else None)
+
+
+#: SMIYC component tracks (the names of the size rules in ``dicnet_ros.metrics.components``).
+TRACKS: tuple[str, ...] = ("anomaly", "obstacle")
+
+
+@dataclass(frozen=True)
+class LabelPreset:
+    """A benchmark's mask convention and the component track its official evaluation uses."""
+
+    name: str
+    encoding: LabelEncoding
+    track: str
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.track not in TRACKS:
+            raise ValueError(f"preset {self.name!r}: track must be one of {TRACKS}, got {self.track!r}")
+
+
+def _preset(name: str, track: str, source: str, anomaly: str, void: str = "", normal: str | None = None) -> LabelPreset:
+    return LabelPreset(name, encoding_from_values(anomaly, void, normal, name=name), track, source)
+
+
+#: The published conventions (road-anomaly-benchmark = SegmentMeIfYouCan/road-anomaly-benchmark@1c7804e0).
+PRESETS: dict[str, LabelPreset] = {p.name: p for p in (
+    _preset("smiyc-anomaly", "anomaly", "road-anomaly-benchmark datasets/tracks.py: 0 usual, 1 anomaly, rest void",
+            anomaly="1", normal="0"),
+    _preset("smiyc-obstacle", "obstacle", "road-anomaly-benchmark datasets/tracks.py: 0 road, 1 obstacle, rest void",
+            anomaly="1", normal="0"),
+    _preset("fishyscapes", "anomaly", "Fishyscapes L&F labels: 0 in-distribution, 1 anomaly, 255 void "
+            "(hermannsblum/fishyscapes eval.py keeps 0 / 1 only)", anomaly="1", normal="0"),
+    _preset("lost-and-found", "obstacle", "road-anomaly-benchmark datasets/tracks.py: gtCoarse labelIds 1 free "
+            "space, 2-200 objects, rest void", anomaly="2-200", normal="1"),
+    _preset("road-anomaly", "anomaly", "cvlab-epfl/detecting-the-unexpected datasets/road_anomaly.py: "
+            "labels_semantic >= 2 anomaly, no void", anomaly="2-255"),
+    _preset("binary", "anomaly", "0 normal, 1 anomaly, 255 void, other values normal", anomaly="1", void="255"),
+    _preset("binary-255", "anomaly", "0 normal, 255 anomaly, other values normal", anomaly="255"),
+    _preset("dicnet-bag", "anomaly", "this package's bag ground truth: 0 normal, 255 anomaly, 128 (and any other "
+            "value) void", anomaly="255", normal="0"),
+)}
+
+
+def resolve_encoding(preset: str | None = None, anomaly: str | None = None, void: str | None = None,
+                     default: str = "binary") -> tuple[LabelEncoding, str]:
+    """(encoding, track) from a preset name and/or explicit values; explicit values win over the preset's encoding
+    (every value neither anomaly nor void is then normal) and keep the preset's track."""
+    name = preset or default
+    if name not in PRESETS:
+        raise ValueError(f"unknown label preset {name!r}; known: {', '.join(PRESETS)}")
+    chosen = PRESETS[name]
+    if anomaly not in (None, ""):
+        return encoding_from_values(anomaly, void, name="custom"), chosen.track
+    if void not in (None, ""):
+        raise ValueError("--void-values needs --anomaly-values (which mask values are anomalies)")
+    return chosen.encoding, chosen.track

@@ -7,10 +7,15 @@ One idea per module; everything public is re-exported here (``from dicnet_ros.me
 * ``histogram`` -- ``ScoreHistogram``, the constant-memory streaming curve with error bounds.
 * ``distributed`` -- the torch.distributed sum reduction.
 * ``evaluator`` -- ``AnomalyEvaluator`` and the ``PER_IMAGE`` / ``POOLED`` protocols.
+* ``components`` -- SMIYC component metrics (sIoU, PPV, F1 over the sIoU thresholds) of one frame, summed.
+* ``benchmark`` -- the real benchmarks' protocol: pooled pixel metrics as SMIYC defines them and the component
+  metrics at the best-pixel-F1 threshold (``ComponentEvaluator``, ``benchmark_metrics``).
 
 numpy is the only runtime dependency; torch is imported lazily for the distributed reduction only.
 """
 
+from dicnet_ros.metrics.benchmark import ComponentEvaluator, benchmark_metrics, benchmark_table, smiyc_pixel_metrics
+from dicnet_ros.metrics.components import TRACK_RULES, ComponentCounts, ComponentRules, frame_components
 from dicnet_ros.metrics.curves import (
     DEFAULT_RECALL_LEVELS,
     AnomalyScores,
@@ -42,16 +47,24 @@ __all__ = [
     "PER_IMAGE",
     "POOLED",
     "PROTOCOLS",
+    "TRACK_RULES",
     "AnomalyEvaluator",
     "AnomalyScores",
+    "ComponentCounts",
+    "ComponentEvaluator",
+    "ComponentRules",
     "OperatingCurve",
     "ScoreHistogram",
     "anomaly_masks",
     "anomaly_metrics",
+    "benchmark_metrics",
+    "benchmark_table",
     "binary_anomaly_metrics",
     "error_conditioned_fpr",
     "fpr_at_recall",
+    "frame_components",
     "operating_curve",
     "recall_key",
+    "smiyc_pixel_metrics",
     "threshold_at_recall",
 ]

@@ -144,6 +144,22 @@ class OperatingCurve:
         """Score threshold of the operating point (anomalous iff score >= threshold)."""
         return float(self.thresholds[self.cutoff_index(recall_level)])
 
+    def fpr_at_first_recall(self, recall_level: float = 0.95) -> float:
+        """FPR at the HIGHEST threshold whose recall reaches ``recall_level`` (SMIYC's ``tpr95_fpr``:
+        ``searchsorted(tpr, 0.95)`` on its curve), not the closest point as anomaly-seg picks."""
+        self.check_binary()
+        k = int(np.searchsorted(self.tps / self.tps[-1], recall_level))
+        return float(self.fps[min(k, self.fps.size - 1)] / self.num_negative)
+
+    def best_f1(self) -> tuple[float, float]:
+        """(F1, threshold) of the operating point with the highest pixel F1 = 2 TP / (2 TP + FP + FN), the highest
+        threshold among ties (SMIYC's ``best_f1`` / ``best_f1_threshold``: ``nanargmax`` from the top)."""
+        self.check_binary()
+        tps = self.tps.astype(np.float64)
+        f1 = 2 * tps / (tps + self.fps + self.num_positive)
+        k = int(np.argmax(f1))
+        return float(f1[k]), float(self.thresholds[k])
+
     def error_conditioned_fpr(self, recall_level: float = 0.95) -> tuple[float | None, float | None]:
         """(E-FPR, C-FPR) at the operating point; ``None`` where that group is empty or was not tracked."""
         k = self.cutoff_index(recall_level)

@@ -21,6 +21,7 @@ from dicnet_ros.metrics.curves import (
     _NEG_ERROR,
     _POS,
     DEFAULT_RECALL_LEVELS,
+    OperatingCurve,
     _as_scores,
     _curve_from_codes,
     _curve_summary,
@@ -92,6 +93,7 @@ class AnomalyEvaluator:
         self._exact_codes: list[np.ndarray] = []
         self._exact_pixels = 0
         self._exact_overflow = False
+        self._curve_cache: dict[bool, OperatingCurve] = {}  # the exact pooled curve, sorted once per state
         self._reduced = False
 
     def update(self, score_map: ArrayLike, label_map: ArrayLike, predicted_labels: ArrayLike | None = None) -> None:
@@ -121,6 +123,7 @@ class AnomalyEvaluator:
             self._update_per_image(s, codes, track_errors=pred is not None)
 
     def _store_exact(self, s: np.ndarray, codes: np.ndarray) -> None:
+        self._curve_cache = {}
         if self._exact_pixels + s.size > self.exact_pixel_limit:
             warnings.warn(
                 f"more than {self.exact_pixel_limit} pixels for exact pooled metrics; falling back to the "
@@ -167,6 +170,7 @@ class AnomalyEvaluator:
             other.recall_levels,
         ):
             raise ValueError("cannot merge evaluators with different ids or recall levels")
+        self._curve_cache = {}
         self.histogram.merge(other.histogram)
         self._sums += other._sums
         self._counts += other._counts
@@ -218,6 +222,7 @@ class AnomalyEvaluator:
                 self._exact_codes = [g[1] for g in gathered]
                 self._exact_pixels = sum(g[0].size for g in gathered)
         self._reduced = True
+        self._curve_cache = {}
         return self
 
     def _concat_exact(self) -> tuple[np.ndarray, np.ndarray]:
@@ -225,6 +230,20 @@ class AnomalyEvaluator:
             return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.uint8)
         dtype = np.result_type(*self._exact_scores)
         return (np.concatenate(self._exact_scores).astype(dtype, copy=False), np.concatenate(self._exact_codes))
+
+    def pooled_curve(self) -> tuple[OperatingCurve, str]:
+        """The pooled operating curve and how it was obtained ('exact', or 'histogram' past the exact pixel limit or
+        without ``keep_exact_pooled``); raises ValueError when there are no pixels."""
+        if self.keep_exact_pooled and not self._exact_overflow:
+            return self._exact_curve(False), "exact"
+        return self.histogram.curve(), "histogram"
+
+    def _exact_curve(self, track_errors: bool) -> OperatingCurve:
+        """The exact pooled curve (one sort of every stored pixel), kept until new pixels arrive."""
+        if track_errors not in self._curve_cache:
+            s, codes = self._concat_exact()
+            self._curve_cache[track_errors] = _curve_from_codes(s, codes, track_errors)
+        return self._curve_cache[track_errors]
 
     def _per_image_result(self) -> dict[str, Any]:
         c = self._counts
@@ -253,9 +272,9 @@ class AnomalyEvaluator:
         base: dict[str, Any] = {"protocol": POOLED, "method": "exact" if use_exact else "histogram"}
         try:
             if use_exact:
-                s, codes = self._concat_exact()
+                codes = np.concatenate(self._exact_codes) if self._exact_codes else np.zeros(0, np.uint8)
                 track = bool(np.any((codes == _NEG_ERROR) | (codes == _NEG_CORRECT)))
-                curve = _curve_from_codes(s, codes, track)
+                curve = self._exact_curve(track)
                 res = {**curve.scores().as_dict(), **_curve_summary(curve, self.recall_levels)}
                 res["histogram"] = self.histogram.describe()
             else:

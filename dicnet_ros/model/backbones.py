@@ -18,6 +18,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet_lite")
+TORCHVISION_BACKBONES = BACKBONES[:4]
 
 
 def _nostride_dilate(module: nn.Module, dilate: int) -> None:
@@ -81,10 +82,34 @@ def _load_pretrained(net: nn.Module, name: str, weights_path: str | None) -> Non
             log.info("no ImageNet weights for %s in %s: training from scratch", name, torch.hub.get_dir())
             return
         path = cached[0]
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = imagenet_state_dict(path, net, name)
     missing, unexpected = net.load_state_dict(state, strict=False)
     log.info("loaded ImageNet weights for %s from %s (missing %d, unexpected %d)", name, path,
              len(missing), len(unexpected))
+
+
+def imagenet_state_dict(path: Path, net: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """The weights of ``path`` for a torchvision ``name``, checked before loading: a torchvision state dict (or one
+    under 'state_dict' / 'model', 'module.' prefixes removed) that holds every backbone tensor with its shape. A
+    file for another network fails with one line naming it, instead of loading a few tensors or none."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling / zip error means: not a weights file
+        raise ValueError(f"{path}: not a PyTorch weights file ({' '.join(str(exc).split())[:200]})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict of {name} weights")
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    expected = {k: v.shape for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    missing = [k for k in expected if k not in state]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k]]
+    if missing or wrong:
+        example = (missing or wrong)[0]
+        raise ValueError(f"{path}: not ImageNet weights of torchvision {name} ({len(missing)} of {len(expected)} "
+                         f"backbone tensors missing, {len(wrong)} of another shape, e.g. {example})")
+    return {k: v for k, v in state.items() if k in expected}
 
 
 class _BasicBlock(nn.Module):
@@ -131,6 +156,18 @@ def resnet_lite(widths: tuple[int, int, int, int] = (24, 32, 64, 96), blocks: tu
         _stage(w3, w4, blocks[3], 1, 4),
     ]
     return DilatedResNet(stem, layers, w4, w3)
+
+
+def check_pretrained(name: str, path: str) -> None:
+    """Fail early, with one clear line, when ``path`` cannot initialise the torchvision backbone ``name``."""
+    import torchvision
+
+    if name not in TORCHVISION_BACKBONES:
+        raise ValueError(f"--pretrained: backbone {name!r} has no ImageNet weights (only {TORCHVISION_BACKBONES})")
+    weights = Path(path).expanduser()
+    if not weights.is_file():
+        raise FileNotFoundError(f"--pretrained: weights file not found: {path}")
+    imagenet_state_dict(weights, getattr(torchvision.models, name)(weights=None), name)
 
 
 def build_backbone(name: str, pretrained: str | None = None, widths: tuple[int, ...] | None = None) -> DilatedResNet:
