@@ -262,6 +262,7 @@ def stream_attack(args: argparse.Namespace, model: Path, env: dict[str, str], ve
     node = NodeUnderTest(model, env)
     client = Client(int(env["ROS_DOMAIN_ID"]))
     sent: dict[str, dict[int, tuple[float, tuple[int, int]]]] = {RAW: {}, JPEG: {}}  # stamp -> (sent at, (h, w))
+    bursts: set[int] = set()  # stamps of the (valid, 64x96) burst frames
     try:
         if not node.wait_ready() or not client.wait_matched():
             verdicts.crashes.append("node did not start: " + " | ".join(node.lines[-5:]))
@@ -321,6 +322,7 @@ def stream_attack(args: argparse.Namespace, model: Path, env: dict[str, str], ve
                     client.send_raw({"height": 64, "width": 96, "encoding": "rgb8", "is_bigendian": 0,
                                      "step": 96 * 3, "data": burst.tobytes()}, stamp + 1)
                 verdicts.hostile_frames += 200
+                bursts.add(stamp + 1)
                 camera = RAW
             else:
                 name, value = BAD_PARAMETER_VALUES[round_ % len(BAD_PARAMETER_VALUES)]
@@ -338,10 +340,10 @@ def stream_attack(args: argparse.Namespace, model: Path, env: dict[str, str], ve
             masks = {camera: dict(found) for camera, found in client.masks.items()}
         for camera in (RAW, JPEG):
             for got_stamp, (_, h, w) in masks[camera].items():
-                if got_stamp == stamp + 1 or got_stamp not in sent[camera]:
-                    # the burst frames carry stamp+1 of their round; every other stamp must be a good frame's
-                    if got_stamp - 1 in sent[camera] and (h, w) == (64, 96):
-                        continue
+                if camera == RAW and got_stamp in bursts:
+                    if (h, w) != (64, 96):
+                        verdicts.wrong_outputs.append(f"{camera}: mask {h}x{w} for a 64x96 burst frame")
+                elif got_stamp not in sent[camera]:
                     verdicts.wrong_outputs.append(f"{camera}: mask for stamp {got_stamp} that was never a good frame")
                 elif (h, w) != sent[camera][got_stamp][1]:
                     verdicts.wrong_outputs.append(f"{camera}: mask {h}x{w} for a {sent[camera][got_stamp][1]} frame")
