@@ -5,11 +5,14 @@ the scarce resource; N workers would fight over it, and N sessions would hold N 
 round takes the waiting frame of every camera that has one (the newest: a camera's slot keeps only that), so
 a camera that stops publishes nothing and stalls nobody, and frames of one size run as ONE batch through the
 graph (``AnomalyModel.infer_batch``). With ``max_batch`` below the number of waiting cameras, the cameras that
-have waited longest go first, so under load every camera is served in turn and none starves.
+have waited longest go first, so under load every camera is served in turn and none starves. Publishing a
+round's results (message building, colour maps, DDS) runs on a second thread while the next round is inferred;
+at most one round waits between the two, so a slow consumer slows inference instead of building a backlog.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -29,9 +32,12 @@ class InferenceWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._results: queue.Queue[list[tuple[CameraPipeline, Frame, Any]] | None] = queue.Queue(maxsize=1)
+        self._publisher = threading.Thread(target=self._publish, name=f"{name}_publish", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._publisher.start()
 
     def notify(self) -> None:
         """A camera has a frame waiting (called from the executor's callbacks)."""
@@ -42,6 +48,9 @@ class InferenceWorker:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=timeout)
+        if self._publisher.is_alive():
+            self._results.put(None)
+            self._publisher.join(timeout=timeout)
 
     def _due(self) -> list[CameraPipeline]:
         """Cameras with a waiting frame, longest-waiting first, at most ``max_batch`` of them."""
@@ -61,7 +70,7 @@ class InferenceWorker:
                 self.run_round(due)
 
     def run_round(self, due: Sequence[CameraPipeline]) -> None:
-        """Take, decode, infer (one batch per image size) and publish the waiting frames of ``due``."""
+        """Take, decode and infer (one batch per image size) the waiting frames of ``due``; hand them to publishing."""
         frames: list[tuple[CameraPipeline, Frame]] = []
         for camera in due:
             item = camera.take()
@@ -82,8 +91,21 @@ class InferenceWorker:
             for camera, _ in frames:
                 camera.failed(exc)
             return
-        for (camera, frame), result in zip(frames, results, strict=True):
+        done = [(camera, frame, result) for (camera, frame), result in zip(frames, results, strict=True)]
+        while not self._stop.is_set():
             try:
-                camera.finish(frame, result)
-            except Exception as exc:
-                camera.failed(exc)
+                self._results.put(done, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _publish(self) -> None:
+        while True:
+            done = self._results.get()
+            if done is None:
+                return
+            for camera, frame, result in done:
+                try:
+                    camera.finish(frame, result)
+                except Exception as exc:
+                    camera.failed(exc)
