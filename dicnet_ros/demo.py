@@ -103,11 +103,11 @@ def _ground_truth(bag: Path, gt_topic: str) -> dict[int, np.ndarray]:
 
 
 def _metrics(scores: dict[int, np.ndarray], gt: dict[int, np.ndarray], score_range: tuple[float, float]) -> dict:
-    """Both protocols with the project's one evaluator; GT 255 = anomaly, 128 = ignored."""
-    from dicnet_ros.bag import GT_ANOMALY, GT_IGNORE
+    """Both protocols with the project's one evaluator on the evaluation label (1 anomaly, 255 void)."""
+    from dicnet_ros.data.label_encoding import ANOMALY, VOID
     from dicnet_ros.metrics import AnomalyEvaluator
 
-    evaluator = AnomalyEvaluator(anomaly_ids=(GT_ANOMALY,), ignore_ids=(GT_IGNORE,), score_range=score_range,
+    evaluator = AnomalyEvaluator(anomaly_ids=(ANOMALY,), ignore_ids=(VOID,), score_range=score_range,
                                  keep_exact_pooled=True)
     used = 0
     for stamp, score in sorted(scores.items()):

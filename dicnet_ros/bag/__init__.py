@@ -44,6 +44,8 @@ from rosbags.rosbag2.errors import WriterError
 from dicnet_ros.bag.accumulate import MetricsAccumulator, StampMatcher
 from dicnet_ros.bag.evaluate import EvalResult, evaluate_bag
 from dicnet_ros.bag.families import FRAME_FAMILIES_KEY, MIXED, frame_groups
+from dicnet_ros.bag.ground_truth import DEFAULT_STAMP_TOLERANCE_MS, GroundTruth, StampPairing, pair_stamps
+from dicnet_ros.bag.integrity import Integrity, add_mcap_chunk_crcs, seal_bag, verify_bag
 from dicnet_ros.bag.messages import (
     BAG_VERSION,
     CAMERA_INFO_TYPE,
@@ -71,6 +73,7 @@ from dicnet_ros.bag.messages import (
     format_stamp,
     gt_mask_from_labels,
     image_msg_rgb,
+    read_gt_mask,
     rgb_to_bag_compressed,
     stamp_to_ns,
     typestore,
@@ -86,10 +89,21 @@ from dicnet_ros.bag.read import (
     locate_bag,
     open_bag,
     read_custom_data,
+    read_metadata,
     require_topic,
 )
 from dicnet_ros.bag.report import format_pct, latency_summary, render_report, write_curves, write_strip
-from dicnet_ros.bag.write import MakeBagResult, Staging, add_mcap_chunk_crcs, check_output, make_bag, staged_output
+from dicnet_ros.bag.write import (
+    OUTPUT_MARKER,
+    MakeBagResult,
+    Staging,
+    check_output,
+    is_marked_output,
+    is_own_bag,
+    make_bag,
+    refuse_overlap,
+    staged_output,
+)
 from dicnet_ros.text import TEXT_LIMIT, bounded
 
 __all__ = [
@@ -99,6 +113,7 @@ __all__ = [
     "COMPRESSED_TYPE",
     "CUSTOM_PREFIX",
     "DEFAULT_NAMESPACE",
+    "DEFAULT_STAMP_TOLERANCE_MS",
     "FRAME_FAMILIES_KEY",
     "GT_ANOMALY",
     "GT_ENCODING_DOC",
@@ -108,6 +123,7 @@ __all__ = [
     "IMAGE_TYPE",
     "IMAGE_TYPES",
     "MIXED",
+    "OUTPUT_MARKER",
     "STORAGES",
     "STORAGE_ERRORS",
     "TEXT_LIMIT",
@@ -117,11 +133,14 @@ __all__ = [
     "BagRecorder",
     "CorruptBagError",
     "EvalResult",
+    "GroundTruth",
+    "Integrity",
     "MakeBagResult",
     "MetricsAccumulator",
     "OutputExistsError",
     "Staging",
     "StampMatcher",
+    "StampPairing",
     "TopicNotFoundError",
     "UnsupportedMessageError",
     "WriterError",
@@ -139,21 +158,29 @@ __all__ = [
     "frame_groups",
     "gt_mask_from_labels",
     "image_msg_rgb",
+    "is_marked_output",
+    "is_own_bag",
     "iter_images",
     "iter_raw",
     "latency_summary",
     "locate_bag",
     "make_bag",
     "open_bag",
+    "pair_stamps",
     "play_bag",
     "read_custom_data",
+    "read_gt_mask",
+    "read_metadata",
+    "refuse_overlap",
     "render_report",
     "require_topic",
     "rgb_to_bag_compressed",
     "ros_message_class",
+    "seal_bag",
     "staged_output",
     "stamp_to_ns",
     "typestore",
+    "verify_bag",
     "write_curves",
     "write_strip",
 ]
