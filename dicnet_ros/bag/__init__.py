@@ -44,7 +44,13 @@ from rosbags.rosbag2.errors import WriterError
 from dicnet_ros.bag.accumulate import MetricsAccumulator, StampMatcher
 from dicnet_ros.bag.evaluate import EvalResult, evaluate_bag
 from dicnet_ros.bag.families import FRAME_FAMILIES_KEY, MIXED, frame_groups
-from dicnet_ros.bag.ground_truth import DEFAULT_STAMP_TOLERANCE_MS, GroundTruth, StampPairing, pair_stamps
+from dicnet_ros.bag.ground_truth import (
+    DEFAULT_STAMP_TOLERANCE_MS,
+    GroundTruth,
+    StampPairing,
+    pair_stamps,
+    read_ground_truth,
+)
 from dicnet_ros.bag.integrity import Integrity, add_mcap_chunk_crcs, seal_bag, verify_bag
 from dicnet_ros.bag.messages import (
     BAG_VERSION,
@@ -84,6 +90,7 @@ from dicnet_ros.bag.read import (
     BagImage,
     BagLocation,
     bag_dataset_info,
+    find_image_topic,
     iter_images,
     iter_raw,
     locate_bag,
@@ -101,6 +108,7 @@ from dicnet_ros.bag.write import (
     is_marked_output,
     is_own_bag,
     make_bag,
+    mark_output,
     refuse_overlap,
     staged_output,
 )
@@ -153,6 +161,7 @@ __all__ = [
     "decode_gt_mask",
     "deserialize",
     "evaluate_bag",
+    "find_image_topic",
     "format_pct",
     "format_stamp",
     "frame_groups",
@@ -165,10 +174,12 @@ __all__ = [
     "latency_summary",
     "locate_bag",
     "make_bag",
+    "mark_output",
     "open_bag",
     "pair_stamps",
     "play_bag",
     "read_custom_data",
+    "read_ground_truth",
     "read_gt_mask",
     "read_metadata",
     "refuse_overlap",

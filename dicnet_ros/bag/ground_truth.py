@@ -17,17 +17,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from dicnet_ros.bag.messages import (
     GT_ENCODING_DOC,
+    IMAGE_TYPE,
+    IMAGE_TYPES,
     MAKE_BAG_CONVENTION,
     about_frame,
     bounded,
+    decode_gt_mask,
     deserialize,
     header_stamp_ns,
     read_gt_mask,
     stamp_to_ns,
 )
-from dicnet_ros.bag.read import iter_raw
+from dicnet_ros.bag.read import bag_dataset_info, iter_raw, open_bag, require_topic
 from dicnet_ros.data.label_encoding import (
     LabelEncoding,
     detect_mask_convention,
@@ -252,3 +257,24 @@ def survey(reader: Any, frame_topic: str, frame_type: str, frame_conns: Sequence
         labels.update(label_counts(convention, per_mask[stamp]))
     return GroundTruth(gt_topic, convention, source, reason, pairing, dict(totals),
                        {k: labels.get(k, 0) for k in ("normal", "anomaly", "void")})
+
+
+def read_ground_truth(bag: Any, frame_topic: str, gt_topic: str, convention: str | LabelEncoding | None = None,
+                      tolerance_ms: float = DEFAULT_STAMP_TOLERANCE_MS) -> tuple[GroundTruth, dict[int, np.ndarray]]:
+    """The settled ground truth of a short bag and every paired mask as its evaluation label (0 normal, 1 anomaly,
+    255 void), keyed by the header stamp of the frame it pairs with: for tools that keep a drive in memory (the
+    demo); ``evaluate_bag`` streams instead."""
+    declared, source = choose_convention(convention, bag_dataset_info(bag).get("gt_encoding"))
+    masks: dict[int, np.ndarray] = {}
+    with open_bag(bag) as reader:
+        frame_conns, frame_type = require_topic(reader, frame_topic, IMAGE_TYPES)
+        gt_conns, _ = require_topic(reader, gt_topic, (IMAGE_TYPE,))
+        truth = survey(reader, frame_topic, frame_type, frame_conns, gt_topic, gt_conns, declared, source,
+                       round(tolerance_ms * 1e6))
+        for index, (_, _, raw) in enumerate(iter_raw(reader, gt_conns)):
+            with about_frame(gt_topic, index):
+                msg = deserialize(raw, IMAGE_TYPE)
+            key = truth.pairing.gt_to_frame.get(stamp_to_ns(msg.header.stamp))
+            if key is not None and key not in masks:
+                masks[key] = decode_gt_mask(msg, truth.convention)
+    return truth, masks
