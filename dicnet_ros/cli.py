@@ -39,20 +39,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The setup.py extra that brings each optional top-level module.
+EXTRA_OF_MODULE = {"torch": "train", "torchvision": "train", "pybullet": "sim", "rosbags": "bag", "rclpy": "ros",
+                   "matplotlib": "bag", "PIL": "bag", "tensorrt": "trt"}
+
+
+def missing_dependency_message(command: str, module: str) -> str | None:
+    """'dicnet COMMAND: missing dependency ...' with the install command that fits how dicnet_ros was installed
+    (a checkout, pip, or a colcon workspace: ``resources.install_hint``); None for a module no extra provides."""
+    from dicnet_ros.resources import install_hint, install_kind
+
+    extra = EXTRA_OF_MODULE.get(module.split(".")[0])
+    if extra is None:
+        return None
+    hint = install_hint(extra)
+    if extra == "ros" and install_kind() != "colcon":
+        hint += " (or source a ROS 2 installation)"
+    return f"dicnet {command}: missing dependency '{module}'. Install it with: {hint}"
+
+
 def _load(name: str):
     module_name = SUBCOMMANDS[name][0]
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        hint = {
-            "torch": "pip install -e '.[train]'",
-            "pybullet": "pip install -e '.[sim]'",
-            "rosbags": "pip install -e '.[bag]'",
-            "rclpy": "pip install -e '.[ros]' (or source a ROS 2 installation)",
-        }.get((exc.name or "").split(".")[0])
-        if hint is None:
+        message = missing_dependency_message(name, exc.name or "")
+        if message is None:
             raise
-        raise SystemExit(f"dicnet {name}: missing dependency '{exc.name}'. Install it with: {hint}") from exc
+        raise SystemExit(message) from exc
+
+
+def subcommand_parser(name: str) -> argparse.ArgumentParser:
+    """The full parser of ``dicnet NAME`` (imports its module; SystemExit naming a missing extra)."""
+    module = _load(name)
+    parser = argparse.ArgumentParser(prog=f"dicnet {name}", description=SUBCOMMANDS[name][1])
+    # A module serving several subcommands (make-bag / bag-eval) takes the name as a first argument.
+    if hasattr(module, "add_arguments_for"):
+        module.add_arguments_for(name, parser)
+    else:
+        module.add_arguments(parser)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,13 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     name, rest = argv[0], argv[1:]
+    parser = subcommand_parser(name)
     module = _load(name)
-    parser = argparse.ArgumentParser(prog=f"dicnet {name}", description=SUBCOMMANDS[name][1])
-    # A module serving several subcommands (make-bag / bag-eval) takes the name as a first argument.
-    if hasattr(module, "add_arguments_for"):
-        module.add_arguments_for(name, parser)
-    else:
-        module.add_arguments(parser)
     args = parser.parse_args(rest)
     args.command = name
     runner = getattr(module, "run_for", None)

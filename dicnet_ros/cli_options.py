@@ -1,6 +1,6 @@
 """The options several ``dicnet`` commands share, defined once: ``--model``, ``--backend`` and ``--device`` (and
-``--max-pixels``) mean the same thing, with the same default and the same help text, in every ``dicnet COMMAND
--h`` that has them (test/test_cli_options.py checks every subcommand's parser).
+``--threshold``, ``--max-pixels``) mean the same thing, with the same default and the same help text, in every
+``dicnet COMMAND -h`` that has them (test/test_cli_options.py checks every subcommand's parser).
 
 A command adds them with ``add_model_argument(parser)`` etc. and turns ``args.model`` into a file with
 ``dicnet_ros.resources.resolve_model``. Importing it loads no runtime (only numpy, OpenCV and the inference
@@ -10,6 +10,7 @@ interface's constants).
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 from dicnet_ros.image_conversion import DEFAULT_MAX_PIXELS
@@ -25,6 +26,8 @@ BACKEND_HELP = ("inference runtime: auto (TensorRT, else ONNX Runtime, else PyTo
                 "can run the model on --device), tensorrt, onnxruntime or torch; default auto")
 DEVICE_HELP = ("where the model runs: auto (the first CUDA GPU when the backend can use one, else the CPU), cpu, "
                "cuda or cuda:N; default auto")
+THRESHOLD_HELP = ("mask threshold on the raw score (mask = score > threshold), overriding the model's calibrated one; "
+                  "a finite number, or nan = the model's")
 MAX_PIXELS_HELP = (f"refuse images with more pixels than this, read from the file header before decoding (the "
                    f"node's max_input_pixels); 0 = no limit; default {DEFAULT_MAX_PIXELS}")
 
@@ -47,17 +50,42 @@ def pixel_count(text: str) -> int:
     return value
 
 
+def mask_threshold(text: str) -> float | None:
+    """argparse type of --threshold: a finite score, or NaN = the model's calibrated threshold (None), as the node's
+    ``threshold`` parameter. +-inf would make every mask empty or full, never a useful result: a usage error."""
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from exc
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number (or nan = the model's threshold), got {text!r}")
+    return value
+
+
+# ``unset=True``: the option's value is None when it is not given (same meaning and help); for a command that passes
+# only the options a user gave on to something with defaults of its own (``dicnet node`` -> ROS parameters, where a
+# --params-file may set them).
+
+
+def add_threshold_argument(parser: argparse.ArgumentParser) -> argparse.Action:
+    return parser.add_argument("--threshold", type=mask_threshold, default=None, metavar="SCORE", help=THRESHOLD_HELP)
+
+
 def add_model_argument(parser: argparse.ArgumentParser, extra_help: str = "") -> argparse.Action:
     """``--model`` (None = the shipped default; resolve with ``resources.resolve_model``)."""
     return parser.add_argument("--model", default=None, metavar="MODEL", help=MODEL_HELP + extra_help)
 
 
-def add_backend_argument(parser: argparse.ArgumentParser) -> argparse.Action:
-    return parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=BACKEND_HELP)
+def add_backend_argument(parser: argparse.ArgumentParser, unset: bool = False) -> argparse.Action:
+    return parser.add_argument("--backend", default=None if unset else "auto", choices=BACKEND_CHOICES,
+                               help=BACKEND_HELP)
 
 
-def add_device_argument(parser: argparse.ArgumentParser) -> argparse.Action:
-    return parser.add_argument("--device", default="auto", type=device_argument, metavar="DEVICE", help=DEVICE_HELP)
+def add_device_argument(parser: argparse.ArgumentParser, unset: bool = False) -> argparse.Action:
+    return parser.add_argument("--device", default=None if unset else "auto", type=device_argument,
+                               metavar="DEVICE", help=DEVICE_HELP)
 
 
 def add_max_pixels_argument(parser: argparse.ArgumentParser) -> argparse.Action:
@@ -65,8 +93,8 @@ def add_max_pixels_argument(parser: argparse.ArgumentParser) -> argparse.Action:
                                help=MAX_PIXELS_HELP)
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser, model_help: str = "") -> None:
+def add_inference_arguments(parser: argparse.ArgumentParser, model_help: str = "", unset: bool = False) -> None:
     """--model, --backend and --device: what every command that runs a model takes."""
     add_model_argument(parser, model_help)
-    add_backend_argument(parser)
-    add_device_argument(parser)
+    add_backend_argument(parser, unset)
+    add_device_argument(parser, unset)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import textwrap
 
@@ -26,7 +25,7 @@ from dicnet_ros.bag.messages import (
 )
 from dicnet_ros.bag.report import format_pct
 from dicnet_ros.bag.write import make_bag
-from dicnet_ros.cli_options import add_inference_arguments
+from dicnet_ros.cli_options import add_inference_arguments, add_threshold_argument
 from dicnet_ros.data.label_encoding import (
     MASK_CONVENTION_HELP,
     MASK_CONVENTIONS,
@@ -123,7 +122,7 @@ def _bag_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output bag storage (default: the input's)")
     parser.add_argument("--namespace", default=DEFAULT_NAMESPACE,
                         help="namespace of the output topics, a valid ROS 2 namespace (default /dicnet)")
-    parser.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the model's)")
+    add_threshold_argument(parser)
     parser.add_argument("--strip-frames", type=int, default=4, help="frames in the qualitative strip")
     parser.add_argument("--families-from", default=None,
                         help="bag whose metadata says which anomaly families each frame shows (default: --bag's "
@@ -185,8 +184,6 @@ def _bag_eval(args: argparse.Namespace) -> int:
     if args.model is not None and args.score_topic is not None:
         raise ValueError("give --model (run a model over the images) or --score-topic (evaluate recorded scores), "
                          "not both")
-    if args.threshold is not None and not math.isfinite(args.threshold):
-        raise ValueError("--threshold must be a finite number")
     model = None if args.score_topic is not None else resolve_model(args.model)
     result = evaluate_bag(
         args.bag, args.out, image_topic=args.image_topic,

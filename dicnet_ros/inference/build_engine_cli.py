@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
+from dicnet_ros.cli_options import add_device_argument, add_model_argument
 from dicnet_ros.inference.base import BackendUnavailableError, ModelLoadError
 from dicnet_ros.preprocessing import parse_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path, help="fused .onnx, or a separate-graph manifest/folder")
+    add_model_argument(parser, " (here: a fused .onnx, or a separate-graph manifest/folder)")
     parser.add_argument("--input-size", type=parse_size, default=None,
                         help="camera size WxH for a dynamic-size ONNX (default: the exported or network size)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="engine folder (default: next to the ONNX)")
@@ -19,18 +21,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace-mb", type=int, default=2048, help="builder workspace limit")
     parser.add_argument("--fp16-flag", action="store_true",
                         help="TensorRT < 10.12 only: weakly typed FP16 (newer versions take precision from the ONNX)")
-    parser.add_argument("--device", default="cuda", help="cuda or cuda:N")
+    add_device_argument(parser)  # auto = cuda: TensorRT needs an NVIDIA GPU
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from dicnet_ros.inference.trt_backend import TrtModel
+    from dicnet_ros.resources import resolve_model
 
     try:
-        model = TrtModel(args.model, device=args.device, cache_dir=args.cache_dir, force_rebuild=args.force,
+        device = args.device if args.device != "auto" else "cuda"
+        model = TrtModel(resolve_model(args.model), device=device, cache_dir=args.cache_dir, force_rebuild=args.force,
                          input_size=args.input_size, workspace_mb=args.workspace_mb, fp16_flag=args.fp16_flag)
-    except (BackendUnavailableError, ModelLoadError) as exc:
-        print(f"dicnet build-engine: {exc}")
+    except (BackendUnavailableError, ModelLoadError, FileNotFoundError) as exc:
+        print(f"dicnet build-engine: {exc}", file=sys.stderr)
         return 1
     model.warmup(1)
     for path in model.engine_files:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from collections import Counter
@@ -20,7 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dicnet_ros.cli_options import add_inference_arguments, add_max_pixels_argument
+from dicnet_ros.cli_options import (  # noqa: F401 - mask_threshold: part of this module's interface
+    add_inference_arguments,
+    add_max_pixels_argument,
+    add_threshold_argument,
+    mask_threshold,
+)
 from dicnet_ros.inference.base import BackendUnavailableError, ModelLoadError
 from dicnet_ros.inference.registry import load_model
 
@@ -124,23 +128,6 @@ def read_rgb(path: Path, max_pixels: int) -> np.ndarray:
         raise UnreadableImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
 
 
-def mask_threshold(text: str) -> float | None:
-    """--threshold value: a finite score, or NaN = the model's calibrated threshold (as the node's parameter).
-
-    The mask is ``score > threshold``; +-inf would make every mask empty or full, which is never a useful
-    result and which the model rejects, so argparse reports it as a usage error (exit 2).
-    """
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from exc
-    if math.isnan(value):
-        return None
-    if math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number (or nan = the model's threshold), got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EXIT_CODES
@@ -148,8 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"image files or folders (searched recursively for {', '.join(IMAGE_SUFFIXES)})")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     add_inference_arguments(parser)
-    parser.add_argument("--threshold", type=mask_threshold, default=None,
-                        help="mask threshold on the raw score, overriding the model's (finite; nan = the model's)")
+    add_threshold_argument(parser)
     add_max_pixels_argument(parser)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from dicnet_ros.inference.availability import describe_available, has_module, tensorrt_status
 from dicnet_ros.inference.base import BACKENDS, AnomalyModel, BackendUnavailableError
 from dicnet_ros.inference.graphs import check_file, is_checkpoint
+from dicnet_ros.resources import install_hint
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def open_backend(path: Path, backend: str = "auto", device: str = "auto", **opti
         return OrtModel(path, device=device, **kwargs)
     if name == "torch":
         if not has_module("torch"):
-            raise BackendUnavailableError(f"backend 'torch' needs PyTorch (pip install -e '.[train]'); available: "
+            raise BackendUnavailableError(f"backend 'torch' needs PyTorch ({install_hint('train')}); available: "
                                           f"{describe_available(exclude='torch')}")
         from dicnet_ros.inference.torch_backend import TorchModel
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from dicnet_ros.inference.base import AnomalyModel, BackendUnavailableError, ModelLoadError
 from dicnet_ros.inference.graphs import check_file, is_checkpoint
+from dicnet_ros.resources import install_hint
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class TorchModel(AnomalyModel):
         try:
             import torch
         except ImportError as exc:
-            raise BackendUnavailableError("backend 'torch' needs PyTorch (pip install -e '.[train]')") from exc
+            raise BackendUnavailableError(f"backend 'torch' needs PyTorch ({install_hint('train')})") from exc
         from dicnet_ros.model.checkpoint import CheckpointError, model_from_checkpoint
 
         path = Path(path)
