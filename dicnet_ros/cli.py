@@ -39,30 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: The setup.py extra that brings each optional top-level module.
-EXTRA_OF_MODULE = {"torch": "train", "torchvision": "train", "pybullet": "sim", "rosbags": "bag", "rclpy": "ros",
-                   "matplotlib": "bag", "PIL": "bag", "tensorrt": "trt"}
-
-
-def missing_dependency_message(command: str, module: str) -> str | None:
-    """'dicnet COMMAND: missing dependency ...' with the install command that fits how dicnet_ros was installed
-    (a checkout, pip, or a colcon workspace: ``resources.install_hint``); None for a module no extra provides."""
-    from dicnet_ros.resources import install_hint, install_kind
-
-    extra = EXTRA_OF_MODULE.get(module.split(".")[0])
-    if extra is None:
-        return None
-    hint = install_hint(extra)
-    if extra == "ros" and install_kind() != "colcon":
-        hint += " (or source a ROS 2 installation)"
-    return f"dicnet {command}: missing dependency '{module}'. Install it with: {hint}"
-
-
 def _load(name: str):
     module_name = SUBCOMMANDS[name][0]
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        from dicnet_ros.resources import missing_dependency_message
+
         message = missing_dependency_message(name, exc.name or "")
         if message is None:
             raise

@@ -436,8 +436,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dicnet_ros.bag import BagError
-    from dicnet_ros.resources import resolve_model
+    from dicnet_ros.resources import missing_dependency_message, resolve_model
+
+    try:
+        from dicnet_ros.bag import BagError
+    except ModuleNotFoundError as exc:  # the bag extra (rosbags) replays the stream
+        message = missing_dependency_message("demo", exc.name or "")
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
 
     os.environ.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
     try:

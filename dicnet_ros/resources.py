@@ -110,3 +110,20 @@ def install_hint(extra: str) -> str:
         packages = " ".join(f"'{r}'" for r in extra_requirements(extra)) or f"the '{extra}' extra's packages"
         return f"python3 -m pip install {packages} (into the Python that runs your ROS workspace)"
     return f"pip install '{PACKAGE}[{extra}]'"
+
+
+#: The setup.py extra that brings each optional top-level module.
+EXTRA_OF_MODULE = {"torch": "train", "torchvision": "train", "pybullet": "sim", "rosbags": "bag", "rclpy": "ros",
+                   "matplotlib": "bag", "PIL": "bag", "tensorrt": "trt"}
+
+
+def missing_dependency_message(command: str, module: str) -> str | None:
+    """'dicnet COMMAND: missing dependency ...' with the install command that fits how dicnet_ros was installed
+    (``install_hint``); None for a module no extra provides."""
+    extra = EXTRA_OF_MODULE.get(module.split(".")[0])
+    if extra is None:
+        return None
+    hint = install_hint(extra)
+    if extra == "ros" and install_kind() != "colcon":
+        hint += " (or source a ROS 2 installation)"
+    return f"dicnet {command}: missing dependency '{module}'. Install it with: {hint}"

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("rosbags")  # the demo stream is a bag
+
 from dicnet_ros.bag import bag_dataset_info, iter_images
 from dicnet_ros.data.label_encoding import ANOMALY, VOID
 from dicnet_ros.data.sim.classes import SIM_CLASSES

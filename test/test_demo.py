@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("rosbags")  # the demo replays a bag (bag extra)
+
 from dicnet_ros.demo import DEMO_BAG, render_summary, run_demo
 from dicnet_ros.resources import package_file
 

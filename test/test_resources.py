@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from dicnet_ros import resources
-from dicnet_ros.cli import missing_dependency_message
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +36,7 @@ def test_install_hints_fit_a_checkout_and_a_colcon_workspace(tmp_path: Path, mon
     assert resources.install_kind() == "colcon"
     hint = resources.install_hint("bag")
     assert hint.startswith("python3 -m pip install 'rosbags>=") and "'pillow>=" in hint and "-e" not in hint
-    message = missing_dependency_message("bag-eval", "rosbags.rosbag2")
+    message = resources.missing_dependency_message("bag-eval", "rosbags.rosbag2")
     assert message == f"dicnet bag-eval: missing dependency 'rosbags.rosbag2'. Install it with: {hint}"
-    assert "source a ROS 2 installation" not in missing_dependency_message("node", "rclpy")
-    assert missing_dependency_message("infer", "some_module") is None
+    assert "source a ROS 2 installation" not in resources.missing_dependency_message("node", "rclpy")
+    assert resources.missing_dependency_message("infer", "some_module") is None
