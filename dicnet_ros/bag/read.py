@@ -222,15 +222,32 @@ def read_metadata(meta: Path) -> dict[str, Any]:
     return info
 
 
+#: Types of the ``custom_data`` entries the tools read (after ``CUSTOM_PREFIX``, JSON-decoded).
+_CUSTOM_TYPES: dict[str, tuple[type, ...]] = {
+    "image_topic": (str,), "gt_topic": (str,), "camera_info_topic": (str,), "gt_encoding": (str,),
+    "frame_id": (str,), "dataset": (dict,), "source": (dict,), "rate_hz": (int, float),
+}
+
+
 def bag_dataset_info(path: str | Path) -> dict[str, Any]:
-    """What ``make_bag`` stored: ``dataset`` (spec dict), ``image_topic``, ``gt_topic``, ... (empty if none)."""
+    """What ``make_bag`` stored: ``dataset`` (spec dict), ``image_topic``, ``gt_topic``, ... (empty if none).
+
+    An entry the tools read with the wrong type (a list where a topic name belongs) is a ``CorruptBagError``
+    naming the metadata file and the entry."""
     out: dict[str, Any] = {}
     for key, value in read_custom_data(path).items():
         if key.startswith(CUSTOM_PREFIX):
+            name = key[len(CUSTOM_PREFIX) :]
             try:
-                out[key[len(CUSTOM_PREFIX) :]] = json.loads(value)
+                out[name] = json.loads(value)
             except json.JSONDecodeError:
-                out[key[len(CUSTOM_PREFIX) :]] = value
+                out[name] = value
+            types = _CUSTOM_TYPES.get(name)
+            if types is not None and (not isinstance(out[name], types) or isinstance(out[name], bool)):
+                raise CorruptBagError(
+                    f"{locate_bag(path).metadata}: custom_data {bounded(key)!r} must be "
+                    f"{' or '.join(t.__name__ for t in types)} (JSON), got {type(out[name]).__name__} "
+                    f"{bounded(str(out[name]))!r}")
     return out
 
 

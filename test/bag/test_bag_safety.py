@@ -115,6 +115,7 @@ def test_a_stop_signal_during_bag_eval_leaves_nothing(tmp_path: Path, sig: signa
     ("list_for_text", "storage_identifier must be str, got list"),
     ("topic_name_list", "topics_with_message_count entries need topic_metadata.name"),
     ("custom_data_list", "custom_data 'dicnet.gt_topic' must be text, got list"),
+    ("custom_data_json_list", "custom_data 'dicnet.image_topic' must be str (JSON), got list"),
     ("not_yaml", "is not a valid rosbag2 metadata file"),
 ])
 def test_broken_metadata_is_one_line_naming_the_file(dataset: Path, tmp_path: Path, tiny_onnx: Path, capsys,
@@ -134,6 +135,8 @@ def test_broken_metadata_is_one_line_naming_the_file(dataset: Path, tmp_path: Pa
             info["storage_identifier"] = ["sqlite3"]
         elif damage == "topic_name_list":
             info["topics_with_message_count"][0]["topic_metadata"]["name"] = ["/camera/image_raw"]
+        elif damage == "custom_data_json_list":  # the text is valid, the JSON inside it is a list
+            info["custom_data"]["dicnet.image_topic"] = '["/camera/image_raw"]'
         else:
             info["custom_data"]["dicnet.gt_topic"] = ["/camera/anomaly_gt"]
         meta.write_text(yaml.safe_dump(data))
@@ -144,4 +147,4 @@ def test_broken_metadata_is_one_line_naming_the_file(dataset: Path, tmp_path: Pa
     assert len(lines) == 1 and str(meta) in lines[0] and words in lines[0], captured.err
     assert "Traceback" not in captured.err and not (tmp_path / "eval").exists()
     with pytest.raises(bagmod.CorruptBagError, match=r"metadata\.yaml"):
-        bagmod.read_custom_data(bag)
+        bagmod.bag_dataset_info(bag)
