@@ -121,6 +121,22 @@ class EvalResult:
     integrity: Integrity | None = None
 
 
+@dataclass
+class _Checked:
+    """What ``evaluate_bag`` settled about the input before any model runs or anything is written."""
+
+    location: BagLocation
+    topics: StreamTopics
+    ground_truth: GroundTruth | None
+    integrity: Integrity
+    info: dict[str, Any]  # what make_bag recorded in the bag's metadata
+    family_info: dict[str, Any]  # the same from --families-from, else ``info``
+    groups: dict[int, str]  # header stamp -> anomaly-family group
+    image_topic: str | None
+    score_topic: str | None
+    families_from: str | Path | None
+
+
 class NothingToEvaluateError(BagError):
     """The bag has a ground-truth topic, but no metric can come out of it (the message says why)."""
 
@@ -240,21 +256,20 @@ def evaluate_bag(
     try:
         if model is not None and threshold is not None:
             model.threshold = threshold
-        return _evaluate(location, out_dir, out_name, topics, ground_truth, integrity, model, score_topic,
-                         image_topic, storage, ns, overwrite, strip_frames, write_bag, progress, families_from,
-                         groups, family_info, info)
+        checked = _Checked(location, topics, ground_truth, integrity, info, family_info, groups,
+                           image_topic if score_topic is None else None, score_topic, families_from)
+        return _evaluate(checked, out_dir, out_name, model, storage, ns, overwrite, strip_frames, write_bag,
+                         progress)
     finally:
         if loaded_here:
             model.close()
 
 
-def _evaluate(location: BagLocation, out_dir: Path, out_name: str, topics: StreamTopics,
-              ground_truth: GroundTruth | None, integrity: Integrity, model: Any, score_topic: str | None,
-              image_topic: str | None, storage: str | None, ns: str, overwrite: bool, strip_frames: int,
-              write_bag: bool, progress: bool, families_from: str | Path | None, groups: dict[int, str],
-              family_info: dict[str, Any], info: dict[str, Any]) -> EvalResult:
+def _evaluate(checked: _Checked, out_dir: Path, out_name: str, model: Any, storage: str | None, ns: str,
+              overwrite: bool, strip_frames: int, write_bag: bool, progress: bool) -> EvalResult:
     """The streaming pass into a staged ``out_dir`` once everything has been checked; then the report files."""
-    bag = location.path
+    bag, topics, ground_truth = checked.location.path, checked.topics, checked.ground_truth
+    groups, family_info, info = checked.groups, checked.family_info, checked.info
     storage = storage or _storage_of(bag)
     score_range = model.metadata.score_range if model is not None else (0.0, 1.0)
     out_custom = {"source_bag": json.dumps(str(bag.resolve()))}
@@ -273,26 +288,27 @@ def _evaluate(location: BagLocation, out_dir: Path, out_name: str, topics: Strea
         )
         meta = {
             "bag": str(bag.resolve()),
-            "image_topic": image_topic,
-            "score_topic": score_topic,
+            "image_topic": checked.image_topic,
+            "score_topic": checked.score_topic,
             "baseline_topics": {method: topic for method, (topic, _, _) in topics.baselines.items()},
             "gt_topic": topics.gt or None,
-            "families_from": str(Path(families_from).resolve()) if families_from is not None else None,
+            "families_from": str(Path(checked.families_from).resolve()) if checked.families_from is not None
+            else None,
             "model": model.describe() if model is not None else None,
             "threshold": model.threshold if model is not None else None,
             "score_range": list(score_range),
             "dataset": info.get("dataset"),
             "gt_encoding": ground_truth.convention.describe() if ground_truth is not None else None,
             "ground_truth": ground_truth.summary() if ground_truth is not None else None,
-            "integrity": integrity.summary(),
+            "integrity": checked.integrity.summary(),
             **result,
         }
         (staged / "metrics.json").write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
-        (staged / "report.md").write_text(render_report(meta, ground_truth, integrity))
+        (staged / "report.md").write_text(render_report(meta, ground_truth, checked.integrity))
         mark_output(staged, "dicnet bag-eval")
         final_bag = out_dir / out_bag.name if out_bag.exists() else None
     return EvalResult(out_dir, final_bag, result["num_frames"], result["num_evaluated"], result["metrics"],
-                      result["latency"], ground_truth, integrity)
+                      result["latency"], ground_truth, checked.integrity)
 
 
 def _json_default(value: Any) -> Any:
