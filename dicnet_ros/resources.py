@@ -123,7 +123,10 @@ def missing_dependency_message(command: str, module: str) -> str | None:
     extra = EXTRA_OF_MODULE.get(module.split(".")[0])
     if extra is None:
         return None
+    if extra == "ros" and install_kind() == "colcon":  # rclpy comes with ROS there, not from pip
+        return (f"dicnet {command}: missing dependency '{module}': source your ROS 2 installation first "
+                "(source /opt/ros/$ROS_DISTRO/setup.bash, then install/setup.bash)")
     hint = install_hint(extra)
-    if extra == "ros" and install_kind() != "colcon":
+    if extra == "ros":
         hint += " (or source a ROS 2 installation)"
     return f"dicnet {command}: missing dependency '{module}'. Install it with: {hint}"

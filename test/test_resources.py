@@ -38,5 +38,5 @@ def test_install_hints_fit_a_checkout_and_a_colcon_workspace(tmp_path: Path, mon
     assert hint.startswith("python3 -m pip install 'rosbags>=") and "'pillow>=" in hint and "-e" not in hint
     message = resources.missing_dependency_message("bag-eval", "rosbags.rosbag2")
     assert message == f"dicnet bag-eval: missing dependency 'rosbags.rosbag2'. Install it with: {hint}"
-    assert "source a ROS 2 installation" not in resources.missing_dependency_message("node", "rclpy")
+    assert "source your ROS 2 installation first" in resources.missing_dependency_message("node", "rclpy")
     assert resources.missing_dependency_message("infer", "some_module") is None
