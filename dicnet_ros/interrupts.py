@@ -30,7 +30,8 @@ class Terminated(BaseException):
 
 @contextlib.contextmanager
 def terminate_as_exception() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise ``Terminated`` in the main thread (elsewhere: no change)."""
+    """Within the block, SIGTERM and SIGHUP raise ``Terminated`` in the main thread (elsewhere: no change); one
+    that is ignored (``nohup``) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -38,7 +39,9 @@ def terminate_as_exception() -> Iterator[None]:
     def raise_terminated(signum: int, frame: Any) -> None:
         raise Terminated(signum)
 
-    previous = {sig: signal.signal(sig, raise_terminated) for sig in TERMINATING_SIGNALS}
+    # a signal the process was started with ignored stays ignored (nohup, background jobs), as Python does for SIGINT
+    previous = {sig: signal.signal(sig, raise_terminated) for sig in TERMINATING_SIGNALS
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield
     finally:

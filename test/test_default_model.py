@@ -131,6 +131,7 @@ def test_int8_model_keeps_the_fp32_quality_on_a_held_out_split(tmp_path: Path) -
 
 
 def _ground_truth(bag: Path, topic: str) -> dict[int, np.ndarray]:
-    from dicnet_ros.demo import _ground_truth as read
+    """The stream's masks as evaluation labels (1 anomaly, 255 void) by frame stamp, as the demo reads them."""
+    from dicnet_ros.bag import read_ground_truth
 
-    return read(bag, topic)
+    return read_ground_truth(bag, bag_dataset_info(bag)["image_topic"], topic)[1]

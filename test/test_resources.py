@@ -14,9 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_model_values_resolve_the_same_way_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert resources.resolve_model(None) == REPO / "models" / resources.DEFAULT_MODEL_NAME
+    shipped = resources.package_file("models/dicnet_sim_default_int8.onnx")  # source tree, or an install's share
+    assert shipped.is_file() and shipped.parent == resources.package_file("models")
+    assert resources.resolve_model(None) == shipped.parent / resources.DEFAULT_MODEL_NAME
     assert resources.resolve_model("") == resources.resolve_model(None)
-    assert resources.resolve_model("dicnet_sim_default_int8.onnx") == REPO / "models" / "dicnet_sim_default_int8.onnx"
+    assert resources.resolve_model("dicnet_sim_default_int8.onnx") == shipped
     (tmp_path / "dicnet_sim_default_int8.onnx").write_bytes(b"mine")  # a file of that name here wins
     assert resources.resolve_model("dicnet_sim_default_int8.onnx") == Path("dicnet_sim_default_int8.onnx")
     assert resources.resolve_model("sub/missing.onnx") == Path("sub/missing.onnx")  # the loader names it
