@@ -46,7 +46,8 @@ def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
         _bag_eval_arguments(parser)
     else:
         raise ValueError(f"bag_cli serves {COMMANDS}, not {name!r}")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an output this command wrote before (never another folder, never the input)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
