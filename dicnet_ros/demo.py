@@ -118,12 +118,27 @@ def open_stream(bag: str = "", image_topic: str = "", gt_topic: str | None = Non
     return stream
 
 
+#: What the demo writes into its folder (a folder holding nothing else was written by the demo, also before the
+#: demo left its marker file).
+DEMO_FILES = frozenset({"overlays", "output_bag", "summary.json", "summary.md", "overlay.gif", "overlay.mp4",
+                        "overlay_grid.png"})
+
+
+def is_demo_output(folder: Path) -> bool:
+    """A folder the demo wrote: it has the tools' marker, or holds only what the demo writes."""
+    from dicnet_ros.bag import is_marked_output
+
+    if is_marked_output(folder):
+        return True
+    return folder.is_dir() and not folder.is_symlink() and {p.name for p in folder.iterdir()} <= DEMO_FILES
+
+
 def _prepare_out_dir(out_dir: Path, bag: Path) -> None:
     """Replace the demo's own earlier output; never a folder the demo did not write, nor one holding the bag."""
     from dicnet_ros.bag import check_output, mark_output, refuse_overlap
 
     refuse_overlap(out_dir, {"the replayed bag": bag})
-    check_output(out_dir, overwrite=True)  # refuses a folder without the demo's marker (empty ones are fine)
+    check_output(out_dir, overwrite=True, replaceable=is_demo_output)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     (out_dir / "overlays").mkdir(parents=True)

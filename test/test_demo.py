@@ -110,3 +110,9 @@ def test_demo_out_is_replaced_only_when_the_demo_wrote_it(tmp_path: Path, capsys
     assert (mine / "thesis.tex").read_text() == "years of work"
     assert main(["demo", "--out", str(package_file(DEMO_BAG).parent)]) == 2
     assert "holds the replayed bag" in capsys.readouterr().err
+    from dicnet_ros.demo import is_demo_output
+
+    older = tmp_path / "demo_out"  # what a demo run wrote before the marker file existed
+    (older / "overlays").mkdir(parents=True)
+    (older / "summary.json").write_text("{}")
+    assert is_demo_output(older) and not is_demo_output(mine)
