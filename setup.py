@@ -51,6 +51,9 @@ setup(
         "sim": ["pybullet>=3.2"],
         "bag": ["rosbags>=0.10", "matplotlib>=3.7", "pillow>=9"],
         "trt": ["tensorrt>=10.12"],
+        # colcon test runs pytest only for a package that declares it as a test dependency (else it falls back
+        # to unittest); tests that need another extra skip where it is missing
+        "test": ["pytest>=7"],
         "dev": ["pytest>=7", "ruff>=0.5", "scikit-learn>=1.3", "colcon-common-extensions>=0.3"],
     },
     zip_safe=True,

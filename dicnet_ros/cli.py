@@ -33,8 +33,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-#: The optional dependencies a subcommand may miss -> the setup.py extra that installs them.
-EXTRA_OF_MODULE: dict[str, str] = {"torch": "train", "pybullet": "sim", "rosbags": "bag", "rclpy": "ros"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,18 +51,26 @@ def _load(name: str):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
-        if extra is None:
-            raise
-        from dicnet_ros.installation import installation
+        from dicnet_ros.installation import missing_dependency_message
 
-        install = installation()
-        if extra == "ros" and install.kind == "colcon":
-            hint = "source the ROS 2 installation (source /opt/ros/<distro>/setup.bash), then install/setup.bash"
-        else:
-            hint = install.install_hint(extra) + (" (or source a ROS 2 installation)" if extra == "ros" else "")
-        raise SystemExit(f"dicnet {name}: missing dependency '{exc.name}' (the '{extra}' extra). Install it with: "
-                         f"{hint}") from exc
+        message = missing_dependency_message(name, exc.name or "")
+        if message is None:
+            raise
+        raise SystemExit(message) from exc
+
+
+def subcommand_parser(name: str) -> argparse.ArgumentParser:
+    """The full parser of ``dicnet NAME`` (imports its module; SystemExit naming a missing extra)."""
+    import argparse
+
+    module = _load(name)
+    parser = argparse.ArgumentParser(prog=f"dicnet {name}", description=SUBCOMMANDS[name][1])
+    # A module serving several subcommands (make-bag / bag-eval) takes the name as a first argument.
+    if hasattr(module, "add_arguments_for"):
+        module.add_arguments_for(name, parser)
+    else:
+        module.add_arguments(parser)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,16 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown command '{argv[0]}'")
         parser.print_help()
         return 0
-    import argparse
-
     name, rest = argv[0], argv[1:]
+    parser = subcommand_parser(name)
     module = _load(name)
-    parser = argparse.ArgumentParser(prog=f"dicnet {name}", description=SUBCOMMANDS[name][1])
-    # A module serving several subcommands (make-bag / bag-eval) takes the name as a first argument.
-    if hasattr(module, "add_arguments_for"):
-        module.add_arguments_for(name, parser)
-    else:
-        module.add_arguments(parser)
     args = parser.parse_args(rest)
     args.command = name
     runner = getattr(module, "run_for", None)

@@ -74,3 +74,22 @@ def installation(package_dir: Path | None = None) -> Installation:
 def install_hint(extra: str) -> str:
     """``installation().install_hint(extra)``: what to run to get the ``extra`` of this install."""
     return installation().install_hint(extra)
+
+
+#: The setup.py extra that brings each optional top-level module.
+EXTRA_OF_MODULE = {"torch": "train", "torchvision": "train", "pybullet": "sim", "rosbags": "bag", "rclpy": "ros",
+                   "matplotlib": "bag", "PIL": "bag", "tensorrt": "trt"}
+
+
+def missing_dependency_message(command: str, module: str, install: Installation | None = None) -> str | None:
+    """'dicnet COMMAND: missing dependency ...' with the install command that fits how dicnet_ros was installed;
+    None for a module no extra provides."""
+    extra = EXTRA_OF_MODULE.get(module.split(".")[0])
+    if extra is None:
+        return None
+    install = install or installation()
+    if extra == "ros" and install.kind == "colcon":  # rclpy comes with ROS there, not from pip
+        return (f"dicnet {command}: missing dependency '{module}': source your ROS 2 installation first "
+                "(source /opt/ros/$ROS_DISTRO/setup.bash, then install/setup.bash)")
+    hint = install.install_hint(extra) + (" (or source a ROS 2 installation)" if extra == "ros" else "")
+    return f"dicnet {command}: missing dependency '{module}' (the '{extra}' extra). Install it with: {hint}"

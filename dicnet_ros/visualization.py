@@ -124,3 +124,73 @@ def overlay(image_rgb: np.ndarray, values: np.ndarray, alpha: float = 0.5,
     if clear_below:  # camera pixels back where the score is below the colour range (compare + masked copy)
         blended = cv2.copyTo(image, np.less(values, np.float32(lo)).view(np.uint8), blended)
     return blended
+
+
+def draw_outline(image_rgb: np.ndarray, mask: np.ndarray, color: Sequence[int] = (255, 255, 255),
+                 thickness: int = 1) -> np.ndarray:
+    """A copy of ``image_rgb`` with the outline of every region of ``mask`` (bool or nonzero) drawn on it: the
+    ground truth over an overlay, without hiding the colours inside it."""
+    out = np.ascontiguousarray(image_rgb).copy()
+    binary = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    if binary.shape != out.shape[:2]:
+        binary = cv2.resize(binary, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(binary, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), thickness)
+    return out
+
+
+LEGEND_HEIGHT = 44
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _text(image: np.ndarray, text: str, x: int, y: int, color: Sequence[int] = (235, 235, 235)) -> int:
+    """Draw small text with its left end at x (baseline y); returns the x after it."""
+    cv2.putText(image, text, (x, y), _FONT, 0.38, tuple(int(c) for c in color), 1, cv2.LINE_AA)
+    return x + cv2.getTextSize(text, _FONT, 0.38, 1)[0][0]
+
+
+def score_legend(width: int, score_range: Sequence[float], colormap: str = "turbo", threshold: float | None = None,
+                 outline_color: Sequence[int] | None = (255, 255, 255), height: int = LEGEND_HEIGHT) -> np.ndarray:
+    """A legend strip (height x width x 3 RGB) for overlays: the colour bar over ``score_range`` with its ends and
+    the mask threshold marked, that pixels below the range keep the camera's colours, and what the outline is."""
+    lo, hi = float(score_range[0]), float(score_range[1])
+    strip = np.full((height, width, 3), 32, np.uint8)
+    pad = 6
+    bar_w = max(60, min(int(width * 0.45), 420))
+    ramp = np.linspace(lo, hi, bar_w, dtype=np.float32)[None, :].repeat(12, axis=0)
+    strip[5:17, pad:pad + bar_w] = colorize_score(ramp, lo, hi, colormap)
+    _text(strip, f"{lo:.2f}", pad, 30)
+    end = f"{hi:.2f}"
+    _text(strip, end, pad + bar_w - cv2.getTextSize(end, _FONT, 0.38, 1)[0][0], 30)
+    if threshold is not None and lo < threshold < hi:
+        x = pad + round((threshold - lo) / (hi - lo) * (bar_w - 1))
+        cv2.line(strip, (x, 2), (x, 19), (255, 255, 255), 1)
+        label = f"threshold {threshold:.2f}"
+        half = cv2.getTextSize(label, _FONT, 0.38, 1)[0][0] // 2
+        _text(strip, label, min(max(x - half, pad + 40), pad + bar_w - 2 * half - 40), 30)
+    _text(strip, "anomaly score; pixels below the bar keep the camera colours", pad, 41)
+    x = pad + bar_w + 18
+    if outline_color is not None and x + 150 < width:
+        cv2.rectangle(strip, (x, 7), (x + 18, 17), tuple(int(c) for c in outline_color), 1)
+        _text(strip, "ground truth: anomaly outline", x + 26, 16)
+    return strip
+
+
+def with_legend(image: np.ndarray, legend: np.ndarray) -> np.ndarray:
+    """The image with a legend strip of its width below it."""
+    if legend.shape[1] != image.shape[1]:
+        raise ValueError(f"legend is {legend.shape[1]} px wide, the image {image.shape[1]}")
+    return np.vstack([image, legend])
+
+
+def contact_sheet(images: Sequence[np.ndarray], columns: int) -> np.ndarray:
+    """Equal-sized RGB images in rows of ``columns`` (the last row padded black)."""
+    if not images:
+        raise ValueError("no images for a contact sheet")
+    h, w = images[0].shape[:2]
+    rows = -(-len(images) // columns)
+    sheet = np.zeros((rows * h, columns * w, 3), np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = image
+    return sheet

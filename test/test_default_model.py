@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicnet_ros.bag import GT_ANOMALY, GT_IGNORE, bag_dataset_info, iter_images
+pytest.importorskip("rosbags")  # the demo stream is a bag
+
+from dicnet_ros.bag import bag_dataset_info, iter_images
+from dicnet_ros.data.label_encoding import ANOMALY, VOID
 from dicnet_ros.data.sim.classes import SIM_CLASSES
 from dicnet_ros.demo import DEMO_BAG
 from dicnet_ros.inference import load_model
@@ -34,7 +37,7 @@ def test_default_model_beats_msp_on_the_demo_stream() -> None:
     info = bag_dataset_info(bag)
     gt = _ground_truth(bag, info["gt_topic"])
     model = load_model(default_model_path(), backend="onnxruntime", device="cpu")
-    evaluators = {name: AnomalyEvaluator((GT_ANOMALY,), (GT_IGNORE,), score_range=rng, keep_exact_pooled=True)
+    evaluators = {name: AnomalyEvaluator((ANOMALY,), (VOID,), score_range=rng, keep_exact_pooled=True)
                   for name, rng in (("dicnet", model.metadata.score_range), ("msp", (0.0, 1.0)))}
     for frame in iter_images(bag, info["image_topic"]):
         result = model.infer(frame.rgb)
@@ -128,6 +131,7 @@ def test_int8_model_keeps_the_fp32_quality_on_a_held_out_split(tmp_path: Path) -
 
 
 def _ground_truth(bag: Path, topic: str) -> dict[int, np.ndarray]:
-    from dicnet_ros.demo import _ground_truth as read
+    """The stream's masks as evaluation labels (1 anomaly, 255 void) by frame stamp, as the demo reads them."""
+    from dicnet_ros.bag import read_ground_truth
 
-    return read(bag, topic)
+    return read_ground_truth(bag, bag_dataset_info(bag)["image_topic"], topic)[1]

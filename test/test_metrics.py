@@ -8,6 +8,9 @@ import warnings
 
 import numpy as np
 import pytest
+
+pytest.importorskip("sklearn")  # the reference implementation (dev extra)
+
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from dicnet_ros.metrics import (

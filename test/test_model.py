@@ -6,6 +6,9 @@ import math
 from dataclasses import asdict
 
 import pytest
+
+pytest.importorskip("torch")  # train extra
+
 import torch
 
 from dicnet_ros.metadata import ModelMetadata

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 pytest.importorskip("pybullet")
+pytest.importorskip("PIL")  # bag extra
+
+from PIL import Image
 
 from dicnet_ros.data.sim.classes import SIM_ANOMALY_ID, SIM_CLASSES, SPLIT_DIRS
 from dicnet_ros.data.sim.generator import generate_split, image_seed

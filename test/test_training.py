@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torch")  # train extra
+
 import torch
 from dicnet_training.config import ConfigError, load_config
 

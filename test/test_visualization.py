@@ -125,3 +125,35 @@ def test_overlay_leaves_pixels_below_the_colour_range_untouched() -> None:
     assert (everywhere[below] != image[below]).any()
     heat = colorize_score(score, 1.0, 3.0)
     np.testing.assert_array_equal(overlay(image, score, alpha=0.6, score_range=(1.0, 3.0), heat=heat), out)
+
+
+def test_outline_marks_the_border_of_each_region_and_nothing_else() -> None:
+    from dicnet_ros.visualization import draw_outline
+
+    image = np.zeros((20, 30, 3), np.uint8)
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 8:16] = True
+    out = draw_outline(image, mask, color=(0, 255, 0))
+    drawn = (out == (0, 255, 0)).all(axis=2)
+    border = mask & ~np.pad(mask, 1)[2:, 1:-1] | mask & ~np.pad(mask, 1)[:-2, 1:-1] \
+        | mask & ~np.pad(mask, 1)[1:-1, 2:] | mask & ~np.pad(mask, 1)[1:-1, :-2]
+    np.testing.assert_array_equal(drawn, border)
+    assert not draw_outline(image, np.zeros((20, 30), bool)).any() and not image.any()  # input untouched
+
+
+def test_legend_shows_the_colour_scale_and_the_threshold() -> None:
+    from dicnet_ros.visualization import LEGEND_HEIGHT, contact_sheet, score_legend, with_legend
+
+    legend = score_legend(384, (2.0, 10.0), threshold=6.0)
+    assert legend.shape == (LEGEND_HEIGHT, 384, 3)
+    bar = legend[10, 6:6 + 172]  # the bar spans 45 % of the width, from the 6-pixel margin
+    np.testing.assert_array_equal(bar[0], colorize_score(np.float32([[2.0]]), 2.0, 10.0)[0, 0])
+    np.testing.assert_array_equal(bar[-1], colorize_score(np.float32([[10.0]]), 2.0, 10.0)[0, 0])
+    tick = 6 + round((6.0 - 2.0) / 8.0 * 171)
+    assert (legend[3, tick] == 255).all()  # the threshold's tick above the bar
+    frame = np.zeros((10, 384, 3), np.uint8)
+    assert with_legend(frame, legend).shape == (10 + LEGEND_HEIGHT, 384, 3)
+    with pytest.raises(ValueError, match="wide"):
+        with_legend(frame[:, :100], legend)
+    sheet = contact_sheet([np.full((4, 5, 3), v, np.uint8) for v in (10, 20, 30, 40)], 3)
+    assert sheet.shape == (8, 15, 3) and sheet[0, 10, 0] == 30 and sheet[4, 0, 0] == 40 and sheet[4, 5, 0] == 0

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from dicnet_ros.bag.families import group_order
-from dicnet_ros.bag.messages import GT_ANOMALY, GT_IGNORE, BagError
+from dicnet_ros.bag.messages import BagError
+from dicnet_ros.data.label_encoding import ANOMALY, VOID
 from dicnet_ros.metrics import DEFAULT_EXACT_PIXEL_LIMIT, AnomalyEvaluator, ComponentEvaluator, benchmark_metrics
 
 DICNET = "dicnet"
@@ -24,24 +25,26 @@ METHOD_LABELS = {DICNET: "DiCNet", "msp": "MSP", "maxlogit": "MaxLogit"}
 BASELINE_TOPIC_NAMES = {"msp": "msp_score", "maxlogit": "maxlogit_score"}
 
 
-#: bag ground truth (255 anomaly, 0 normal, 128 ignore) -> the evaluation label (1, 0, 255) of the component metrics
-_GT_TO_EVALUATION = np.full(256, 255, np.uint8)
-_GT_TO_EVALUATION[GT_ANOMALY], _GT_TO_EVALUATION[0] = 1, 0
-
-
 class StampMatcher:
-    """Pairs score maps with ground-truth masks by header stamp, whichever arrives first (bounded memory)."""
+    """Pairs score maps with ground-truth masks by a shared key (the frame's header stamp), whichever arrives first
+    (bounded memory). The first payload of each kind with a key wins: a repeated stamp is counted, not paired."""
 
     def __init__(self, max_pending: int = 256) -> None:
         self.max_pending = max_pending
         self.pending: dict[str, OrderedDict[int, Any]] = {"score": OrderedDict(), "gt": OrderedDict()}
         self.dropped = {"score": 0, "gt": 0}
+        self.repeated = {"score": 0, "gt": 0}
+        self.paired: set[int] = set()
 
     def add(self, kind: str, stamp: int, payload: Any) -> tuple[Any, Any] | None:
         """Store ``payload`` ('score' or 'gt'); return (score, gt) once both halves of ``stamp`` are in."""
         other = "gt" if kind == "score" else "score"
+        if stamp in self.paired or stamp in self.pending[kind]:
+            self.repeated[kind] += 1
+            return None
         if stamp in self.pending[other]:
             match = self.pending[other].pop(stamp)
+            self.paired.add(stamp)
             return (payload, match) if kind == "score" else (match, payload)
         queue = self.pending[kind]
         queue[stamp] = payload
@@ -91,14 +94,14 @@ class MetricsAccumulator:
         self.has_mask = False
 
     def _evaluator(self, name: str, exact_pixel_limit: int = DEFAULT_EXACT_PIXEL_LIMIT) -> AnomalyEvaluator:
-        return AnomalyEvaluator(anomaly_ids=(GT_ANOMALY,), ignore_ids=(GT_IGNORE,), score_range=self.ranges[name],
+        return AnomalyEvaluator(anomaly_ids=(ANOMALY,), ignore_ids=(VOID,), score_range=self.ranges[name],
                                 keep_exact_pooled=True, per_image=True,
                                 exact_pixel_limit=exact_pixel_limit)
 
     def update(self, scores: Mapping[str, np.ndarray], gt: np.ndarray, mask: np.ndarray | None = None,
                stamp: int | None = None) -> None:
-        """Add one frame; ``gt`` is the mono8 mask (255 anomaly / 0 normal / 128 ignore); ``stamp`` (header
-        stamp, ns) puts it into its family's group as well."""
+        """Add one frame; ``gt`` is the evaluation label (``LabelEncoding.apply``: 1 anomaly, 0 normal, 255 void);
+        ``stamp`` (header stamp, ns) puts it into its family's group as well."""
         group = self.frame_groups.get(stamp) if stamp is not None else None
         for name, score in scores.items():
             if score.shape != gt.shape:
@@ -111,7 +114,7 @@ class MetricsAccumulator:
             if self.track is not None:
                 if name not in self.components:
                     self.components[name] = ComponentEvaluator(self.track)
-                self.components[name].update(score, _GT_TO_EVALUATION[gt])
+                self.components[name].update(score, gt)
             if group is not None:
                 by_method = self.family_evaluators.setdefault(group, {})
                 if name not in by_method:
@@ -119,8 +122,8 @@ class MetricsAccumulator:
                 by_method[name].update(score, gt)
         if mask is not None:
             self.has_mask = True
-            valid = gt != GT_IGNORE
-            pos, pred = (gt == GT_ANOMALY)[valid], mask[valid]
+            valid = gt != VOID
+            pos, pred = (gt == ANOMALY)[valid], mask[valid]
             self.mask_counts += [np.count_nonzero(pos & pred), np.count_nonzero(~pos & pred),
                                  np.count_nonzero(pos & ~pred), np.count_nonzero(~pos & ~pred)]
 

@@ -3,14 +3,21 @@ the error classes, and the helpers that build rosbags messages (Image, Compresse
 them (CDR bytes, camera images, ground-truth masks). Every other module of :mod:`dicnet_ros.bag` builds on this
 one, and it imports none of them.
 
-Ground-truth topic encoding (``sensor_msgs/Image``, ``mono8``, same header as the camera image)::
+Ground-truth topic (``sensor_msgs/Image``, ``mono8`` / ``8UC1`` or ``mono16`` / ``16UC1``, stamped like the
+camera image). ``make_bag`` writes this package's convention::
 
     255 = anomaly pixel      0 = normal pixel      128 = ignore (dataset ignore_id; any other value is ignored too)
+
+and ``bag-eval`` also reads the other common ones (0/1 with 255 void, 0/255), declared or detected: see
+:data:`dicnet_ros.data.label_encoding.MASK_CONVENTIONS`. ``decode_gt_mask`` turns a mask into the evaluation
+label (0 normal, 1 anomaly, 255 void) through the convention's ``LabelEncoding``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import struct
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -20,6 +27,7 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin
 from rosbags.typesys import Stores, get_typestore
 
+from dicnet_ros.data.label_encoding import MASK_CONVENTIONS, LabelEncoding
 from dicnet_ros.text import bounded
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -31,6 +39,10 @@ GT_NORMAL = 0
 GT_IGNORE = 128
 GT_ANOMALY = 255
 GT_ENCODING_DOC = "mono8: 255 = anomaly, 0 = normal, 128 = ignore (any other value is ignored)"
+#: The convention make_bag writes (``GT_ENCODING_DOC``), as a LabelEncoding.
+MAKE_BAG_CONVENTION = MASK_CONVENTIONS["dicnet"]
+#: Image encodings a ground-truth mask may have: 8- or 16-bit single channel, under either name.
+GT_IMAGE_ENCODINGS = {"mono8": "mono8", "8UC1": "mono8", "mono16": "mono16", "16UC1": "mono16"}
 
 STORAGES: dict[str, StoragePlugin] = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
 IMAGE_ENCODINGS = ("rgb8", "bgr8")
@@ -175,22 +187,37 @@ def gt_mask_from_labels(label: np.ndarray, anomaly_ids: Sequence[int], ignore_id
     return mask
 
 
-def decode_gt_mask(msg: Any) -> np.ndarray:
-    """Ground-truth Image message (mono8) -> (H, W) uint8 with only 0 / 128 / 255 left."""
+def read_gt_mask(msg: Any) -> np.ndarray:
+    """Ground-truth Image message (mono8 / 8UC1 / mono16 / 16UC1) -> (H, W) uint8 / uint16 raw mask values."""
     from dicnet_ros.image_conversion import ImageConversionError, image_msg_to_array
 
-    encoding = getattr(msg, "encoding", None)
-    if encoding != "mono8":
+    encoding = str(getattr(msg, "encoding", None))
+    if encoding not in GT_IMAGE_ENCODINGS:
         raise UnsupportedMessageError(
-            f"ground-truth image has encoding {bounded(encoding)!r}; expected mono8 ({GT_ENCODING_DOC})"
+            f"ground-truth image has encoding {bounded(encoding)!r}; expected a single-channel mask "
+            f"({', '.join(GT_IMAGE_ENCODINGS)})"
         )
+    if GT_IMAGE_ENCODINGS[encoding] != encoding:
+        msg = dataclasses.replace(msg, encoding=GT_IMAGE_ENCODINGS[encoding])
     try:
-        raw = image_msg_to_array(msg)
+        return image_msg_to_array(msg)
     except ImageConversionError as exc:
         raise CorruptBagError(f"bad ground-truth image: {_one_line(exc)}") from exc
-    lut = np.full(256, GT_IGNORE, np.uint8)
-    lut[GT_NORMAL], lut[GT_ANOMALY] = GT_NORMAL, GT_ANOMALY
-    return lut[raw]
+
+
+def decode_gt_mask(msg: Any, convention: LabelEncoding = MAKE_BAG_CONVENTION) -> np.ndarray:
+    """Ground-truth Image message -> (H, W) uint8 evaluation label (0 normal, 1 anomaly, 255 void) under
+    ``convention`` (default: the one ``make_bag`` writes)."""
+    return convention.apply(read_gt_mask(msg))
+
+
+def header_stamp_ns(raw: bytes, msgtype: str) -> int:
+    """The header stamp of a serialized message that starts with ``std_msgs/Header`` (Image, CompressedImage),
+    read from its first bytes: a pre-pass over a bag's stamps need not copy every frame's pixels."""
+    if len(raw) >= 12 and raw[0] == 0 and raw[1] in (0, 1):  # CDR encapsulation, big (0) or little (1) endian
+        sec, nanosec = struct.unpack_from("<iI" if raw[1] == 1 else ">iI", raw, 4)
+        return sec * 1_000_000_000 + nanosec
+    return stamp_to_ns(deserialize(raw, msgtype).header.stamp)
 
 
 def deserialize(raw: bytes, msgtype: str) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from dicnet_ros.bag.integrity import seal_bag
 from dicnet_ros.bag.messages import (
     BAG_VERSION,
     STORAGES,
@@ -26,7 +27,7 @@ from dicnet_ros.bag.messages import (
     typestore,
 )
 from dicnet_ros.bag.read import iter_raw, open_bag, require_topic
-from dicnet_ros.bag.write import Staging, add_mcap_chunk_crcs
+from dicnet_ros.bag.write import Staging, is_own_bag
 
 # ------------------------------------------------------------------------------------- rclpy player/recorder
 
@@ -176,7 +177,12 @@ class BagRecorder:
         self.node = node
         self.topics = dict(topics)
         self.counts: dict[str, int] = dict.fromkeys(topics, 0)
-        self._staging = Staging(self.out, overwrite)
+        self._staging = Staging(self.out, overwrite, is_own_bag)
+        try:
+            self._staging.create()
+        except BaseException:
+            self._staging.discard()
+            raise
         self._queue: queue.Queue[tuple[str, int, bytes] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._ready = threading.Event()
@@ -231,7 +237,7 @@ class BagRecorder:
         self._thread.join()
         if keep and self._error is None:
             try:
-                add_mcap_chunk_crcs(self._staging.path)
+                seal_bag(self._staging.path, "dicnet BagRecorder")
             except BaseException:
                 self._staging.discard()
                 raise

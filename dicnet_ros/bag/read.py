@@ -3,16 +3,10 @@ it), open it with one-line errors for missing, damaged or truncated storage, che
 usable type, stream raw messages and decoded camera frames one at a time, and read what ``make_bag`` stored in
 ``metadata.yaml`` (``custom_data``, storage identifier).
 
-What catches damaged bytes:
-
-- mcap: every chunk carries a CRC-32 of its records (``make_bag`` and ``evaluate_bag`` fill it in, see
-  :func:`dicnet_ros.bag.write.add_mcap_chunk_crcs`; ``ros2 bag record`` writes it by default). rosbags' reader
-  checks it whenever it reads a chunk, so a corrupted chunk ends the stream with ``CorruptBagError``. A CRC of
-  0 means "not computed" in MCAP and is not checked, so bags from writers that skip CRCs still read.
-- sqlite3: only sqlite's own checks. A damaged file header, page or b-tree gives "database disk image is
-  malformed" (``CorruptBagError``), but sqlite keeps no checksum of row contents, so bytes changed inside a
-  message blob go unnoticed unless they break CDR decoding or the image checks. Use ``--storage mcap`` where
-  integrity matters.
+``metadata.yaml`` is read once, through ``read_metadata``, which checks its shape (UTF-8 YAML, the mapping rosbag2
+writes, the types of the fields the tools use) so a damaged or hand-edited file is one line naming it, never a
+traceback from deep inside a reader. Checksums of the storage files are :mod:`dicnet_ros.bag.integrity`'s job; a
+damaged sqlite page or mcap record met while streaming becomes ``CorruptBagError`` here.
 """
 
 from __future__ import annotations
@@ -119,9 +113,8 @@ def _require_listed(storage_file: Path, metadata: Path) -> None:
     An unreadable metadata.yaml is left for ``open_bag`` to report.
     """
     try:
-        info = yaml.safe_load(metadata.read_text())["rosbag2_bagfile_information"]
-        names = [PurePath(str(p)).name for p in info.get("relative_file_paths") or []]
-    except (OSError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+        names = [PurePath(str(p)).name for p in read_metadata(metadata).get("relative_file_paths") or []]
+    except BagError:
         return
     if names and storage_file.name not in names:
         listed = ", ".join(bounded(n) for n in names[:LISTED_TOPICS]) + (" …" if len(names) > LISTED_TOPICS else "")
@@ -147,10 +140,16 @@ def _topic_listing(reader: Reader) -> str:
 def open_bag(path: str | Path) -> Iterator[Reader]:
     """Open a bag (any path ``locate_bag`` takes), turning every rosbags/sqlite/mcap failure into a one-line
     ``BagError``."""
-    bag = locate_bag(path).path
+    location = locate_bag(path)
+    bag = location.path
+    if location.metadata is not None:
+        read_metadata(location.metadata)  # one line naming the file for a broken metadata.yaml
     try:
         reader = Reader(bag)
         reader.open()
+    except (TypeError, AttributeError) as exc:  # metadata of the right shape but values rosbags cannot use
+        raise CorruptBagError(f"cannot read bag {bag}: {location.metadata or bag} holds values rosbags cannot "
+                              f"use: {_one_line(exc)}") from exc
     except STORAGE_ERRORS as exc:
         raise CorruptBagError(f"cannot read bag {bag} (damaged or truncated?): {_one_line(exc)}") from exc
     try:
@@ -165,22 +164,90 @@ def read_custom_data(path: str | Path) -> dict[str, str]:
     meta = locate_bag(path).metadata
     if meta is None:
         return {}
+    return {str(k): str(v) for k, v in (read_metadata(meta).get("custom_data") or {}).items()}
+
+
+#: Fields of ``rosbag2_bagfile_information`` the tools (and rosbags) use, with the type each must have.
+_METADATA_FIELDS: dict[str, tuple[type, ...]] = {
+    "version": (int,),
+    "storage_identifier": (str,),
+    "relative_file_paths": (list,),
+    "topics_with_message_count": (list,),
+    "custom_data": (dict, type(None)),
+    "duration": (dict,),
+    "starting_time": (dict,),
+    "message_count": (int,),
+    "files": (list, type(None)),
+    "compression_format": (str, type(None)),
+    "compression_mode": (str, type(None)),
+}
+
+
+def read_metadata(meta: Path) -> dict[str, Any]:
+    """The ``rosbag2_bagfile_information`` mapping of a metadata.yaml, its fields of the types rosbag2 writes; any
+    other file (random bytes, not YAML, a list where a string belongs) is a ``CorruptBagError`` naming it."""
+    where = f"{meta} is not a valid rosbag2 metadata file"
     try:
-        info = (yaml.safe_load(meta.read_text()) or {}).get("rosbag2_bagfile_information", {})
-    except (yaml.YAMLError, AttributeError) as exc:
-        raise CorruptBagError(f"{meta} is not a valid rosbag2 metadata file: {_one_line(exc)}") from exc
-    return {str(k): str(v) for k, v in (info.get("custom_data") or {}).items()}
+        text = meta.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptBagError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise CorruptBagError(f"cannot read {meta}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CorruptBagError(f"{where}: {_one_line(exc)}") from None
+    info = data.get("rosbag2_bagfile_information") if isinstance(data, dict) else None
+    if not isinstance(info, dict):
+        raise CorruptBagError(f"{where}: no rosbag2_bagfile_information mapping")
+    for key, types in _METADATA_FIELDS.items():
+        if key in info and (not isinstance(info[key], types) or isinstance(info[key], bool)):
+            kinds = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise CorruptBagError(f"{where}: {key} must be {kinds}, got {type(info[key]).__name__} "
+                                  f"{bounded(str(info[key]))!r}")
+    for name in info.get("relative_file_paths") or []:
+        if not isinstance(name, str):
+            raise CorruptBagError(f"{where}: relative_file_paths must list file names, got {bounded(str(name))!r}")
+    for entry in info.get("topics_with_message_count") or []:
+        topic = entry.get("topic_metadata") if isinstance(entry, dict) else None
+        if not (isinstance(topic, dict) and isinstance(topic.get("name"), str) and isinstance(topic.get("type"), str)
+                and isinstance(entry.get("message_count"), int)):
+            raise CorruptBagError(f"{where}: topics_with_message_count entries need topic_metadata.name and .type "
+                                  f"(text) and message_count (a number), got {bounded(str(entry))!r}")
+    custom = info.get("custom_data") or {}
+    for key, value in custom.items():
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise CorruptBagError(f"{where}: custom_data {bounded(str(key))!r} must be text, got "
+                                  f"{type(value).__name__}")
+    return info
+
+
+#: Types of the ``custom_data`` entries the tools read (after ``CUSTOM_PREFIX``, JSON-decoded).
+_CUSTOM_TYPES: dict[str, tuple[type, ...]] = {
+    "image_topic": (str,), "gt_topic": (str,), "camera_info_topic": (str,), "gt_encoding": (str,),
+    "frame_id": (str,), "dataset": (dict,), "source": (dict,), "rate_hz": (int, float),
+}
 
 
 def bag_dataset_info(path: str | Path) -> dict[str, Any]:
-    """What ``make_bag`` stored: ``dataset`` (spec dict), ``image_topic``, ``gt_topic``, ... (empty if none)."""
+    """What ``make_bag`` stored: ``dataset`` (spec dict), ``image_topic``, ``gt_topic``, ... (empty if none).
+
+    An entry the tools read with the wrong type (a list where a topic name belongs) is a ``CorruptBagError``
+    naming the metadata file and the entry."""
     out: dict[str, Any] = {}
     for key, value in read_custom_data(path).items():
         if key.startswith(CUSTOM_PREFIX):
+            name = key[len(CUSTOM_PREFIX) :]
             try:
-                out[key[len(CUSTOM_PREFIX) :]] = json.loads(value)
+                out[name] = json.loads(value)
             except json.JSONDecodeError:
-                out[key[len(CUSTOM_PREFIX) :]] = value
+                out[name] = value
+            types = _CUSTOM_TYPES.get(name)
+            if types is not None and (not isinstance(out[name], types) or isinstance(out[name], bool)):
+                raise CorruptBagError(
+                    f"{locate_bag(path).metadata}: custom_data {bounded(key)!r} must be "
+                    f"{' or '.join(t.__name__ for t in types)} (JSON), got {type(out[name]).__name__} "
+                    f"{bounded(str(out[name]))!r}")
     return out
 
 
@@ -201,6 +268,21 @@ def require_topic(
             f"{' or '.join(allowed_types or ['a single type'])}"
         )
     return list(info.connections), str(info.msgtype)
+
+
+def find_image_topic(reader: Reader, exclude: Sequence[str] = ()) -> str:
+    """The camera topic of a bag that does not name one: its only Image / CompressedImage topic (``exclude``: the
+    ground truth and other image topics that are not the camera). Several or none: an error that lists them."""
+    candidates = sorted(name for name, info in reader.topics.items()
+                        if info.msgtype in IMAGE_TYPES and name not in exclude)
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise TopicNotFoundError(f"{reader.path} has no sensor_msgs Image or CompressedImage topic to use as the "
+                                 f"camera; {_topic_listing(reader)}")
+    shown = ", ".join(bounded(c) for c in candidates[:LISTED_TOPICS]) + (" …" if len(candidates) > LISTED_TOPICS
+                                                                          else "")
+    raise BagError(f"{reader.path} has several image topics ({shown}); name the camera with --image-topic")
 
 
 def iter_raw(reader: Reader, connections: Sequence[Connection] = ()) -> Iterator[tuple[Connection, int, bytes]]:
@@ -247,8 +329,5 @@ def _storage_of(path: str | Path) -> str:
     location = locate_bag(path)
     if location.metadata is None:
         return "mcap" if location.path.suffix == ".mcap" else "sqlite3"
-    try:
-        info = yaml.safe_load(location.metadata.read_text())["rosbag2_bagfile_information"]
-        return "mcap" if str(info.get("storage_identifier", "")).lower() == "mcap" else "sqlite3"
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return "sqlite3"
+    info = read_metadata(location.metadata)
+    return "mcap" if str(info.get("storage_identifier", "")).lower() == "mcap" else "sqlite3"

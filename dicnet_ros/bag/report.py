@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from dicnet_ros.bag.accumulate import BASELINE_TOPIC_NAMES, BASELINES, DICNET, METHOD_LABELS, METHODS
-from dicnet_ros.bag.messages import GT_ANOMALY, GT_ENCODING_DOC, GT_IGNORE
+from dicnet_ros.bag.ground_truth import GroundTruth
+from dicnet_ros.bag.integrity import Integrity
+from dicnet_ros.data.label_encoding import ANOMALY, VOID
 
 # ------------------------------------------------------------------------------------------ report & plots
 
@@ -67,9 +69,11 @@ def _family_table(by_family: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def render_report(meta: Mapping[str, Any]) -> str:
-    """Markdown report: metrics table (both protocols; DiCNet, MSP and MaxLogit), per anomaly family when the
-    bag says which family each frame shows, latency, files."""
+def render_report(meta: Mapping[str, Any], ground_truth: GroundTruth | None = None,
+                  integrity: Integrity | None = None) -> str:
+    """Markdown report: ground truth (convention and why, pairing, what was left out), metrics table (both
+    protocols; DiCNet, MSP and MaxLogit), per anomaly family when the bag says which family each frame shows,
+    latency, integrity checks, files."""
     lines = ["# DiCNet bag evaluation", "", f"- bag: `{meta['bag']}`"]
     for key in ("image_topic", "score_topic", "gt_topic"):
         if meta.get(key):
@@ -79,14 +83,17 @@ def render_report(meta: Mapping[str, Any]) -> str:
     if meta.get("model"):
         lines.append(f"- model: `{meta['model'].get('model')}` ({meta['model'].get('backend')}, "
                      f"{meta['model'].get('device')}), threshold {meta['threshold']:.6g}")
-    lines.append(f"- frames: {meta['num_frames']}, evaluated (per-image protocol): {meta['num_evaluated']}")
+    lines.append(f"- frames: {meta['num_frames']}, evaluated (paired with a ground-truth mask): "
+                 f"{meta['num_evaluated']}")
+    if ground_truth is not None:
+        lines += ["", "## Ground truth", "", *(f"- {line}" for line in ground_truth.lines())]
     metrics = meta.get("metrics")
     lines += ["", "## Metrics", ""]
     if not metrics:
-        lines.append("No ground-truth topic: only the outputs and the latency were produced.")
+        lines.append("No ground-truth topic (--gt-topic ''): only the outputs and the latency were produced.")
     else:
         lines += [
-            "Percent; anomaly pixels are the positives; ground truth " + GT_ENCODING_DOC + ".",
+            "Percent; anomaly pixels are the positives; ground truth as above.",
             "Per-image = mean over images with both anomaly and normal pixels (anomaly-seg protocol); "
             "pooled = all pixels at once.",
             "",
@@ -123,6 +130,8 @@ def render_report(meta: Mapping[str, Any]) -> str:
                                       "original stamps"]
     for name in meta.get("files", []):
         lines.append(f"- ![{name}]({name})")
+    if integrity is not None:
+        lines += ["", "## Integrity of the input bag", "", *(f"- {line}" for line in integrity.lines())]
     return "\n".join(lines) + "\n"
 
 
@@ -151,8 +160,8 @@ class _Strip:
     def add_gt(self, stamp: int, gt: np.ndarray) -> None:
         if stamp in self.rows:
             rgb = np.zeros((*gt.shape, 3), np.uint8)
-            rgb[gt == GT_ANOMALY] = (255, 255, 255)
-            rgb[gt == GT_IGNORE] = (90, 90, 160)
+            rgb[gt == ANOMALY] = (255, 255, 255)
+            rgb[gt == VOID] = (90, 90, 160)
             self.rows[stamp]["gt"] = rgb
 
 

@@ -1,8 +1,10 @@
 """Writing bags and outputs: ``make_bag`` (dataset split -> camera drive with ground-truth masks; the mask
 topic is mono8, 255 = anomaly, 0 = normal, 128 = ignore; simulator data also gets each frame's anomaly families
 in the metadata, see :mod:`dicnet_ros.bag.families`), the staging that makes every output appear atomically
-(a hidden temporary directory beside the target, renamed into place only when the run succeeds), the chunk
-CRCs of the mcap files written here (``add_mcap_chunk_crcs``), and copying a connection into another bag.
+(a hidden temporary directory beside the target, renamed into place only when the run succeeds) and replaces an
+old output only when a tool here wrote it (``OUTPUT_MARKER``, ``is_own_bag``) and it is not an input
+(``refuse_overlap``), and copying a connection into another bag. Every bag written here is sealed with checksums
+(:func:`dicnet_ros.bag.integrity.seal_bag`).
 """
 
 from __future__ import annotations
@@ -10,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
-import struct
-import tempfile
 import time
-import zlib
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from rosbags.interfaces import Connection
 from rosbags.rosbag2 import Writer
 
 from dicnet_ros.bag.families import FRAME_FAMILIES_KEY, encode_frame_families
+from dicnet_ros.bag.integrity import WRITTEN_BY_KEY, seal_bag
 from dicnet_ros.bag.messages import (
     BAG_VERSION,
     CAMERA_INFO_TYPE,
@@ -38,38 +40,122 @@ from dicnet_ros.bag.messages import (
     BagError,
     OutputExistsError,
     array_to_bag_image,
+    bounded,
     camera_info,
     gt_mask_from_labels,
     rgb_to_bag_compressed,
     typestore,
 )
+from dicnet_ros.bag.read import read_metadata
+from dicnet_ros.ros_names import validate_topic_name
 
 # ------------------------------------------------------------------------------------------- atomic outputs
+
+
+#: File a tool puts into every output folder it writes (bag-eval's --out, the demo's folder): ``--overwrite`` only
+#: ever replaces a folder that has it, so it can never delete what a user keeps under that name.
+OUTPUT_MARKER = ".dicnet_output"
+
+
+def mark_output(folder: Path, tool: str) -> None:
+    """Say that ``folder`` was written by ``tool`` (so a later ``--overwrite`` may replace it)."""
+    (folder / OUTPUT_MARKER).write_text(json.dumps({"written_by": tool}) + "\n")
+
+
+def is_marked_output(folder: Path) -> bool:
+    """A folder a tool here wrote (it holds ``OUTPUT_MARKER``), or an empty one: replacing it loses nothing."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    return (folder / OUTPUT_MARKER).is_file() or not any(folder.iterdir())
+
+
+def is_own_bag(folder: Path) -> bool:
+    """A bag a tool here wrote (``seal_bag`` records the tool; older make-bag bags record their dataset source),
+    holding nothing but metadata.yaml and the storage files it lists; or an empty folder."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    entries = {p.name for p in folder.iterdir()}
+    if not entries:
+        return True
+    try:
+        info = read_metadata(folder / "metadata.yaml")
+    except BagError:
+        return False
+    files = {Path(str(f)).name for f in info.get("relative_file_paths") or []}
+    custom = info.get("custom_data") or {}
+    ours = f"{CUSTOM_PREFIX}{WRITTEN_BY_KEY}" in custom or f"{CUSTOM_PREFIX}source" in custom
+    return ours and entries <= {"metadata.yaml", *files}
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def refuse_overlap(out: Path, inputs: dict[str, Path | None], option: str = "--out") -> None:
+    """An output that is an input, holds one or lies inside one would destroy or pollute it: refused whatever
+    ``--overwrite`` says. ``inputs``: a label ('the input bag') -> path (None = not given)."""
+    target = Path(os.path.abspath(out)).resolve()
+    for label, path in inputs.items():
+        if path is None:
+            continue
+        source = Path(os.path.abspath(path)).resolve()
+        if _inside(source, target):
+            how = "is" if source == target else "holds"
+            raise BagError(f"{option} {out} {how} {label} {path}; choose another output folder")
+        if _inside(target, source) and source.is_dir():
+            raise BagError(f"{option} {out} lies inside {label} {path}; choose an output folder outside it")
+
+
+def check_output_name(name: str, option: str, reserved: tuple[str, ...] = ()) -> str:
+    """A file or folder name the tool creates inside its output folder: one plain path component."""
+    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+           or os.sep in name or (os.altsep is not None and os.altsep in name))
+    if bad:
+        raise BagError(f"{option} must be a plain name inside the output folder (no / or ..), got {bounded(name)!r}")
+    if name in reserved:
+        raise BagError(f"{option} {name!r} would clash with the {name} the tool writes; choose another name")
+    return name
 
 
 class Staging:
     """A hidden temp dir beside ``target`` holding ``path`` until ``commit`` renames it into place.
 
-    ``discard`` (or a failed run) deletes it, so no partial output is ever left under the final name.
+    ``discard`` (or a failed run) deletes it, so no partial output is ever left under the final name. An existing
+    ``target`` is replaced only with ``overwrite`` and only when ``replaceable(target)`` says this tool wrote it.
+    The folder's name is chosen before ``create`` makes it, so an interrupt (Ctrl-C, SIGTERM) arriving at any
+    moment after ``create`` began is cleaned up by ``discard``.
     """
 
-    def __init__(self, target: str | Path, overwrite: bool = False) -> None:
+    def __init__(self, target: str | Path, overwrite: bool = False,
+                 replaceable: Callable[[Path], bool] = is_marked_output) -> None:
         self.target = Path(target)
         self.overwrite = overwrite
-        check_output(self.target, overwrite)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
+        self.replaceable = replaceable
+        check_output(self.target, overwrite, replaceable)
+        self.dir = self.target.parent / f".{self.target.name}.partial-{uuid.uuid4().hex[:12]}"
         self.path = self.dir / self.target.name
 
+    def create(self) -> Path:
+        """Make the staging folder (its parents too); returns ``path``, which does not exist yet."""
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700)
+        return self.path
+
     def commit(self) -> Path:
-        """Move the staged output to the target (replacing an old one only with ``overwrite``)."""
+        """Move the staged output to the target (replacing an old one only with ``overwrite``); an interrupt in
+        between puts the old one back."""
+        old = self.dir / f"{self.target.name}.old"
         try:
             if not self.path.exists():
                 raise BagError(f"internal error: nothing was written for {self.target}")
             if self.target.exists() or self.target.is_symlink():
-                check_output(self.target, self.overwrite)
-                self.target.rename(self.dir / f"{self.target.name}.old")  # deleted with the staging dir
+                check_output(self.target, self.overwrite, self.replaceable)
+                self.target.rename(old)  # deleted with the staging dir
             self.path.rename(self.target)
+        except BaseException:
+            if old.exists() and not self.target.exists():
+                old.rename(self.target)
+            raise
         finally:
             self.discard()
         return self.target
@@ -80,68 +166,29 @@ class Staging:
 
 
 @contextlib.contextmanager
-def staged_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def staged_output(target: str | Path, overwrite: bool = False,
+                  replaceable: Callable[[Path], bool] = is_marked_output) -> Iterator[Path]:
     """Yield a not-yet-existing path beside ``target``; it becomes ``target`` only if the block succeeds."""
-    staging = Staging(target, overwrite)
+    staging = Staging(target, overwrite, replaceable)
     try:
-        yield staging.path
+        yield staging.create()
     except BaseException:
         staging.discard()
         raise
     staging.commit()
 
 
-def check_output(target: Path, overwrite: bool) -> None:
-    """Refuse an existing output path (early, before any work) unless ``overwrite``."""
-    if (target.exists() or target.is_symlink()) and not overwrite:
+def check_output(target: Path, overwrite: bool, replaceable: Callable[[Path], bool] = is_marked_output) -> None:
+    """Refuse an existing output path (early, before any work) unless ``overwrite``, and even then unless
+    ``replaceable`` says a tool here wrote it: ``--overwrite`` never deletes what a user keeps there."""
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not overwrite:
         raise OutputExistsError(f"output {target} exists; remove it or pass --overwrite")
-
-
-# ------------------------------------------------------------------------------------------------ mcap CRCs
-
-MCAP_MAGIC = b"\x89MCAP0\r\n"
-_RECORD_HEAD = struct.Struct("<BQ")  # opcode, record length
-_CHUNK_FIXED = struct.Struct("<QQQI")  # message start time, end time, uncompressed size, uncompressed CRC
-_CHUNK_OPCODE, _DATA_END_OPCODE, _FOOTER_OPCODE = 0x06, 0x0F, 0x02
-
-
-def add_mcap_chunk_crcs(bag: Path) -> int:
-    """Fill in the CRC-32 of every chunk in the bag's .mcap files that has none; returns how many were filled.
-
-    Why this way: rosbags' MCAP writer (``rosbags.rosbag2.storage_mcap.McapWriter.close_chunk``, rosbags 0.11)
-    always writes ``uncompressed_crc = 0``, "not computed" in the MCAP spec, and has no option to compute it, so
-    bytes corrupted later would be read back without notice. Patching that 4-byte field once the writer has
-    closed the file depends only on the published MCAP record layout, not on rosbags' internals (a subclass of
-    its writer would), and leaves every other byte as rosbags wrote it. rosbags' reader checks a non-zero chunk
-    CRC whenever it loads the chunk (so bag-eval, iter_images and play_bag do), as does ``mcap doctor``; a CRC
-    already set (by a future rosbags) is kept. Costs one extra read of the file.
-    """
-    return sum(_fill_chunk_crcs(path) for path in sorted(Path(bag).glob("*.mcap")))
-
-
-def _fill_chunk_crcs(path: Path) -> int:
-    """Walk the data section record by record; write each uncompressed chunk's CRC-32 where it is 0."""
-    filled = 0
-    with path.open("r+b") as file:
-        if file.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
-            raise BagError(f"{path} is not an MCAP file (bad magic)")
-        while len(head := file.read(_RECORD_HEAD.size)) == _RECORD_HEAD.size:
-            opcode, length = _RECORD_HEAD.unpack(head)
-            if opcode in (_DATA_END_OPCODE, _FOOTER_OPCODE):
-                break
-            body = file.tell()
-            if opcode == _CHUNK_OPCODE:
-                *_, crc = _CHUNK_FIXED.unpack(file.read(_CHUNK_FIXED.size))
-                (name_len,) = struct.unpack("<I", file.read(4))
-                compression = file.read(name_len)
-                (records_len,) = struct.unpack("<Q", file.read(8))
-                if crc == 0 and not compression:  # this package never compresses chunks
-                    records = file.read(records_len)
-                    file.seek(body + _CHUNK_FIXED.size - 4)
-                    file.write(struct.pack("<I", zlib.crc32(records)))
-                    filled += 1
-            file.seek(body + length)
-    return filled
+    if not replaceable(target):
+        raise OutputExistsError(
+            f"output {target} exists and was not written by this tool (no {OUTPUT_MARKER} file, or files it does not "
+            "write); --overwrite only replaces this tool's own output: remove it yourself or choose another name")
 
 
 # ----------------------------------------------------------------------------------------------- make-bag
@@ -201,7 +248,8 @@ def make_bag(
     if compressed is not None and compressed not in COMPRESSED_FORMATS:
         raise ValueError(f"unknown compression {compressed!r}; use one of {', '.join(COMPRESSED_FORMATS)}")
     out = Path(out)
-    check_output(out, overwrite)
+    refuse_overlap(out, {"the dataset": Path(dataset)})
+    check_output(out, overwrite, is_own_bag)
     ds = open_dataset(dataset, split, kind=kind, **(dataset_options or {}))
     spec = ds.spec
     families_of_image = image_families(ds.root, split)
@@ -210,6 +258,10 @@ def make_bag(
         raise ValueError(f"nothing to write: {dataset} split {split!r} has {len(ds)} images, limit {limit}")
     t0 = time.time_ns() if start_ns is None else int(start_ns)
     cam_topic = f"{image_topic.rstrip('/')}/compressed" if compressed else image_topic
+    for option, topic in (("--image-topic", cam_topic), ("--gt-topic", gt_topic),
+                          ("--camera-info-topic", camera_info_topic)):
+        if topic:
+            validate_topic_name(topic, option)
     topics = {cam_topic: COMPRESSED_TYPE if compressed else IMAGE_TYPE}
     if gt_topic:
         topics[gt_topic] = IMAGE_TYPE
@@ -220,7 +272,7 @@ def make_bag(
     ts = typestore()
     stamps: list[int] = []
     frame_families: dict[int, tuple[str, ...]] = {}
-    with staged_output(out, overwrite) as staged:
+    with staged_output(out, overwrite, is_own_bag) as staged:
         writer = Writer(staged, version=BAG_VERSION, storage_plugin=STORAGES[storage])
         custom = {
             "dataset": spec.to_dict(),
@@ -260,7 +312,7 @@ def make_bag(
                                  ts.serialize_cdr(camera_info(w, h, stamp, frame_id), CAMERA_INFO_TYPE))
             if frame_families:  # custom_data is written when the writer closes
                 writer.set_custom_data(CUSTOM_PREFIX + FRAME_FAMILIES_KEY, encode_frame_families(frame_families))
-        add_mcap_chunk_crcs(staged)
+        seal_bag(staged, "dicnet make-bag")
     return MakeBagResult(out, count, topics, t0, stamps, frame_families)
 
 

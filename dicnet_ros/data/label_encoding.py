@@ -8,10 +8,15 @@ them into the same three-valued label through a ``LabelEncoding``, so a user nam
 ``PRESETS`` is the one table of the published benchmarks' conventions (sources in the table); each preset also
 names the SMIYC component track whose size rules apply to it (``anomaly``: SegEval-AnomalyTrack, ``obstacle``:
 SegEval-ObstacleTrack, as SegmentMeIfYouCan/road-anomaly-benchmark's README pairs them with its data sets).
+
+Ground-truth masks recorded in bags come in a few common conventions (``MASK_CONVENTIONS``: this package's
+255 / 0 / 128, 0/1 with 255 void, 0/255); ``detect_mask_convention`` tells them apart from the values a
+recording holds, so a user's own bag is read right without being told, and says why it chose what it chose.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,3 +171,68 @@ def resolve_encoding(preset: str | None = None, anomaly: str | None = None, void
     if void not in (None, ""):
         raise ValueError("--void-values needs --anomaly-values (which mask values are anomalies)")
     return chosen.encoding, chosen.track
+
+#: Mask conventions a recorded ground-truth topic may use, by the name ``bag-eval --gt-encoding`` takes. Every
+#: value a convention does not name is void (excluded), so stray values (anti-aliased edges, a label id nobody
+#: mapped) never count as normal or anomaly pixels.
+MASK_CONVENTIONS: dict[str, LabelEncoding] = {
+    "dicnet": PRESETS["dicnet-bag"].encoding,  # what `dicnet make-bag` writes: 255 / 0, 128 (and the rest) void
+    "0-1": LabelEncoding("0-1", anomaly=(1,), void=(255,), normal=(0,)),  # 0/1 masks, 255 = void if present
+    "0-255": LabelEncoding("0-255", anomaly=(255,), normal=(0,)),  # 0/255 masks (binary PNGs)
+}
+#: One line per convention for help texts and the README.
+MASK_CONVENTION_HELP = {
+    "dicnet": "255 anomaly, 0 normal, 128 void (what dicnet make-bag writes)",
+    "0-1": "1 anomaly, 0 normal, 255 void",
+    "0-255": "255 anomaly, 0 normal",
+}
+
+
+def mask_convention(name: str) -> LabelEncoding:
+    """The named convention, or a ValueError that lists the names."""
+    try:
+        return MASK_CONVENTIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown ground-truth convention {name!r}; use one of {', '.join(MASK_CONVENTIONS)} "
+                         "(or give the values: --anomaly-values, --void-values)") from None
+
+
+def value_counts(mask: np.ndarray) -> dict[int, int]:
+    """{raw value: pixels} of an 8- or 16-bit mask (only the values that occur)."""
+    if mask.dtype == np.uint8:
+        counts = np.bincount(mask.reshape(-1), minlength=256)
+        return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+    values, counts = np.unique(mask, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+def label_counts(encoding: LabelEncoding, counts: Mapping[int, int]) -> dict[str, int]:
+    """Pixels per evaluation label ({'normal', 'anomaly', 'void'}) of a mask summarised by ``value_counts``."""
+    names = {NORMAL: "normal", ANOMALY: "anomaly", VOID: "void"}
+    table = encoding.lookup(max(counts, default=0) + 1)
+    out = dict.fromkeys(names.values(), 0)
+    for value, pixels in counts.items():
+        out[names[int(table[value])]] += pixels
+    return out
+
+
+def detect_mask_convention(values: Iterable[int]) -> tuple[LabelEncoding, str]:
+    """The ``MASK_CONVENTIONS`` entry the values of a whole recording fit, and a one-line reason.
+
+    1 present (with 0 / 255 only): 0-1; 128 present (with 0 / 255 only): dicnet; only 0 and 255: 0-255 (the
+    same pixels as dicnet). Anything else (class ids, several anomaly values) cannot be guessed safely: a
+    ValueError that says which values were seen and how to declare the convention.
+    """
+    present = set(values)
+    shown = ", ".join(str(v) for v in sorted(present)[:12]) + (" ..." if len(present) > 12 else "")
+    if 1 in present and present <= {0, 1, 255}:
+        return MASK_CONVENTIONS["0-1"], f"values {shown}: 1 = anomaly, 0 = normal" + (
+            ", 255 = void" if 255 in present else "")
+    if 128 in present and present <= {0, 128, 255}:
+        return MASK_CONVENTIONS["dicnet"], f"values {shown}: 255 = anomaly, 0 = normal, 128 = void"
+    if present <= {0, 255}:
+        why = "255 = anomaly, 0 = normal" if 255 in present else "only 0 (no anomaly pixel)"
+        return MASK_CONVENTIONS["0-255"], f"values {shown or 'none'}: {why}"
+    raise ValueError(
+        f"cannot tell the ground-truth convention from the mask values {shown}; name it with --gt-encoding "
+        f"({', '.join(MASK_CONVENTIONS)}) or give the values, e.g. --anomaly-values 2 --void-values 255")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from dicnet_ros.cli_options import add_device_argument
 from dicnet_ros.inference.base import BackendUnavailableError, ModelLoadError
 from dicnet_ros.preprocessing import parse_size
 
@@ -311,7 +312,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", type=lambda s: [b.strip() for b in s.split(",")], default=list(DEFAULT_BACKENDS),
                         help=f"comma-separated subset of {','.join(BENCH_BACKENDS)} (default: all but "
                              f"onnxruntime-nearest, the export with --labels nearest)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and ONNX Runtime (0 = torch's)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=20)

@@ -1,22 +1,51 @@
-"""`dicnet infer`: run a model on image files and write score maps (.npy + colour .png) and masks (.png)."""
+"""`dicnet infer`: run a model on image files and write, per image, the score map (.npy + colour .png), the mask,
+the overlay the node publishes, and the teacher's classes (colour .png + raw ids).
+
+Images are decoded by the node's guarded decoder (``image_conversion.read_image_file``): the pixel limit is read
+from the header before decoding, EXIF orientation is ignored (outputs have the file's stored size, as a camera
+frame would), truncated or corrupt files are refused with one line each.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import math
+import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dicnet_ros.inference.base import BACKENDS, BackendUnavailableError, ModelLoadError
+from dicnet_ros.cli_options import (  # noqa: F401 - mask_threshold: part of this module's interface
+    add_inference_arguments,
+    add_max_pixels_argument,
+    add_threshold_argument,
+    mask_threshold,
+)
+from dicnet_ros.inference.base import BackendUnavailableError, ModelLoadError
 from dicnet_ros.inference.registry import load_model
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 PROG = "dicnet infer"
-EXIT_CODES = """exit status:
+#: What one result set holds, by file-name suffix after the image's result name.
+OUTPUTS = {
+    "_score.npy": "raw anomaly score (float32, higher = more anomalous; compare with the threshold)",
+    "_score.png": "the score coloured over the model's display range (turbo, as the node's ~/anomaly_score_color)",
+    "_mask.png": "255 where score > threshold, else 0",
+    "_overlay.png": "the image with the score's colour blended in (the node's ~/overlay)",
+    "_labels.png": "the teacher's classes in colour (colours in classes.json)",
+    "_label_ids.png": "the teacher's class ids as grey values 0..N-1 (for programs)",
+}
+CLASSES_FILE = "classes.json"
+EXIT_CODES = """outputs, per image NAME (NAME = the file name without its suffix; where two inputs share it, the
+path that tells them apart, e.g. a__frame and b__frame):
+""" + "\n".join(f"  NAME{suffix:<15} {text}" for suffix, text in OUTPUTS.items()) + f"""
+  {CLASSES_FILE:<19} class id -> name and colour of the labels images (once per run)
+
+exit status:
   0  every image was processed and its results written
   1  the model could not be loaded, or at least one input could not be processed (each is reported on
      stderr; the results of the others are written)
@@ -36,78 +65,130 @@ class ImageInputs:
 
 
 def image_files(inputs: list[Path]) -> ImageInputs:
-    """Files as given plus the images inside folders; missing paths and image-less folders are problems."""
+    """Files as given plus the images inside folders; missing paths and image-less folders are problems. A file
+    reached twice (given twice, or also inside a given folder) is processed once."""
     found = ImageInputs()
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.files.append(path)
+
     for path in inputs:
         if path.is_dir():
             images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not images:
                 found.problems.append(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            found.files += images
+            for image in images:
+                add(image)
         elif path.exists():
-            found.files.append(path)
+            add(path)
         else:
             found.problems.append(f"{path}: no such file or folder")
     return found
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """The image at ``path`` as contiguous uint8 RGB, or UnreadableImageError.
+def result_names(files: list[Path]) -> dict[Path, str]:
+    """A distinct output name per input: its stem; where stems collide, its path below the colliding files' common
+    folder joined by ``__`` (``a__frame``, ``b__frame``), plus the suffix where only that differs (``frame_jpg``)."""
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        groups.setdefault(path.stem, []).append(path)
+    names: dict[Path, str] = {}
+    for stem, group in groups.items():
+        if len(group) == 1:
+            names[group[0]] = stem
+            continue
+        common = Path(os.path.commonpath([p.resolve().parent for p in group]))
+        for path in group:
+            names[path] = "__".join([*path.resolve().parent.relative_to(common).parts, stem])
+        counts = Counter(names[p] for p in group)
+        for path in group:
+            if counts[names[path]] > 1:
+                names[path] += "_" + path.suffix.lstrip(".").lower()
+    counts = Counter(names.values())  # a joined name may meet a real file name; numbering settles the rest
+    for index, path in enumerate(files):
+        if counts[names[path]] > 1:
+            names[path] += f"_{index}"
+    return names
 
-    Decodes from bytes so OpenCV prints no warnings of its own: each bad input gets exactly one line.
-    """
-    import cv2
+
+def read_rgb(path: Path, max_pixels: int) -> np.ndarray:
+    """The image at ``path`` as uint8 RGB under the camera-frame rules, or UnreadableImageError (one line)."""
+    from dicnet_ros.image_conversion import ImageConversionError, read_image_file
 
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        return read_image_file(path, max_pixels or None)
+    except ImageConversionError as exc:
+        text = str(exc)
+        raise UnreadableImageError(text if str(path) in text else f"{path}: {text}") from exc
     except OSError as exc:
         raise UnreadableImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if data.size == 0:
-        raise UnreadableImageError(f"{path}: empty file")
-    try:
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    except cv2.error as exc:
-        raise UnreadableImageError(f"{path}: not a readable image") from exc
-    if bgr is None:
-        raise UnreadableImageError(f"{path}: not a readable image")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
-
-
-def mask_threshold(text: str) -> float | None:
-    """--threshold value: a finite score, or NaN = the model's calibrated threshold (as the node's parameter).
-
-    The mask is ``score > threshold``; +-inf would make every mask empty or full, which is never a useful
-    result and which the model rejects, so argparse reports it as a usage error (exit 2).
-    """
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from exc
-    if math.isnan(value):
-        return None
-    if math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number (or nan = the model's threshold), got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EXIT_CODES
-    parser.add_argument("--model", required=True, type=Path, help=".onnx, separate manifest/folder, or .pt")
-    parser.add_argument("--images", required=True, type=Path, nargs="+", help="image files or folders")
+    parser.add_argument("--images", required=True, type=Path, nargs="+",
+                        help=f"image files or folders (searched recursively for {', '.join(IMAGE_SUFFIXES)})")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threshold", type=mask_threshold, default=None,
-                        help="mask threshold on the raw score, overriding the model's (finite; nan = the model's)")
+    add_inference_arguments(parser)
+    add_threshold_argument(parser)
+    add_max_pixels_argument(parser)
 
 
 def report(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
 
 
+class ResultWriter:
+    """Writes one image's result set into the output folder (the node's colours and overlay)."""
+
+    def __init__(self, out: Path, model) -> None:
+        from dicnet_ros.visualization import class_palette
+
+        self.out = out
+        self.display_range = model.metadata.display_range
+        self.class_names = list(model.metadata.class_names)
+        self.palette = class_palette(max(len(self.class_names), 1))
+        self.classes_written = False
+
+    def write_classes(self) -> None:
+        """classes.json: written with the first labels image, so a run that wrote nothing leaves nothing."""
+        self.classes_written = True
+        classes = [{"id": i, "name": name, "rgb": [int(c) for c in self.palette[i]]}
+                   for i, name in enumerate(self.class_names)]
+        (self.out / CLASSES_FILE).write_text(json.dumps(classes, indent=1) + "\n")
+
+    def write(self, name: str, rgb: np.ndarray, result) -> None:
+        import cv2
+
+        from dicnet_ros.visualization import colorize_labels, colorize_score, overlay
+
+        def png(suffix: str, image: np.ndarray) -> None:
+            bgr = image[:, :, ::-1] if image.ndim == 3 else image
+            if not cv2.imwrite(str(self.out / f"{name}{suffix}"), np.ascontiguousarray(bgr)):
+                raise OSError(f"cannot write {self.out / (name + suffix)}")
+
+        np.save(self.out / f"{name}_score.npy", result.anomaly_score)
+        heat = colorize_score(result.anomaly_score, *self.display_range)
+        png("_score.png", heat)
+        png("_mask.png", result.anomaly_mask.astype(np.uint8) * 255)
+        same_size = heat.shape == rgb.shape
+        png("_overlay.png", overlay(rgb, result.anomaly_score, 0.5, self.display_range,
+                                    heat=heat if same_size else None))
+        if result.semantic_labels is not None:
+            labels = np.ascontiguousarray(result.semantic_labels, np.uint8)
+            png("_labels.png", colorize_labels(labels, self.palette))
+            png("_label_ids.png", labels)
+            if not self.classes_written:
+                self.write_classes()
+
+
 def run(args: argparse.Namespace) -> int:
-    import cv2
+    from dicnet_ros.resources import resolve_model
 
     inputs = image_files(args.images)
     for problem in inputs.problems:
@@ -117,35 +198,41 @@ def run(args: argparse.Namespace) -> int:
         return 1
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        model = load_model(args.model, args.backend, args.device)
-    except (BackendUnavailableError, ModelLoadError) as exc:
+        model = load_model(resolve_model(args.model), args.backend, args.device)
+    except (BackendUnavailableError, ModelLoadError, FileNotFoundError) as exc:
         report(str(exc))
         return 1
+    try:
+        return _infer_all(args, model, inputs)
+    finally:
+        model.close()
+
+
+def _infer_all(args: argparse.Namespace, model, inputs: ImageInputs) -> int:
+    """Every image through ``model``; results written as they come, one stderr line per failure."""
     if args.threshold is not None:
         model.threshold = args.threshold
-    lo, hi = model.metadata.score_range
     try:
         args.out.mkdir(parents=True, exist_ok=True)
+        writer = ResultWriter(args.out, model)
     except OSError as exc:
         report(f"{args.out}: cannot create the output folder ({exc.strerror or exc})")
         return 1
+    names = result_names(inputs.files)
     written, failed = 0, len(inputs.problems)
     for path in inputs.files:
         try:
-            result = model.infer(read_rgb(path))
-            np.save(args.out / f"{path.stem}_score.npy", result.anomaly_score)
+            rgb = read_rgb(path, args.max_pixels)
+            writer.write(names[path], rgb, model.infer(rgb))
         except (ValueError, OSError) as exc:  # unreadable input, image size the graph cannot take, disk full
             report(str(exc) if isinstance(exc, UnreadableImageError) else f"{path}: {exc}")
             failed += 1
             continue
-        scaled = np.clip((result.anomaly_score - lo) / max(hi - lo, 1e-12) * 255.0, 0, 255).astype(np.uint8)
-        cv2.imwrite(str(args.out / f"{path.stem}_score.png"), cv2.applyColorMap(scaled, cv2.COLORMAP_INFERNO))
-        cv2.imwrite(str(args.out / f"{path.stem}_mask.png"), result.anomaly_mask.astype(np.uint8) * 255)
-        if result.semantic_labels is not None:
-            cv2.imwrite(str(args.out / f"{path.stem}_labels.png"), result.semantic_labels)
         written += 1
+    renamed = sum(names[p] != p.stem for p in inputs.files)
     print(f"wrote {written} result sets to {args.out} ({model.backend_name}, {model.precision}, "
-          f"threshold {model.threshold:.4g})")
+          f"threshold {model.threshold:.4g})" + (f"; {renamed} inputs share a file name with another, so their "
+                                                 "results are named after their folders" if renamed else ""))
     if failed:
         report(f"{failed} input(s) could not be processed")
     return 1 if failed else 0

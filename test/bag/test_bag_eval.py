@@ -222,3 +222,19 @@ def test_bag_eval_matches_dicnet_evaluate(dataset: Path, tmp_path: Path) -> None
         for metric in ("auroc", "aupr", "fpr95"):
             assert from_bag[protocol][metric] == pytest.approx(from_evaluate[protocol][metric], abs=2e-3), (
                 protocol, metric)
+
+
+def test_exif_rotated_jpeg_frames_keep_their_size(tmp_path: Path, tiny_onnx: Path) -> None:
+    """A camera frame tagged EXIF Orientation=6 used to come out rotated (48x64 masks for a 64x48 frame)."""
+    data = (Path(__file__).resolve().parents[1] / "data" / "attacks" / "exif_rot6_64x48.jpg").read_bytes()
+    ts = bagmod.typestore()
+    frames = []
+    for i in range(2):
+        header = ts.types["std_msgs/msg/Header"](stamp=ts.types["builtin_interfaces/msg/Time"](
+            sec=_stamp(i) // 10**9, nanosec=_stamp(i) % 10**9), frame_id="cam")
+        frames.append(("/cam/compressed", bagmod.COMPRESSED_TYPE, ts.types[bagmod.COMPRESSED_TYPE](
+            header=header, format="jpeg", data=np.frombuffer(data, np.uint8))))
+    bag = _write_bag(tmp_path / "exif", frames)
+    assert _eval(bag, tmp_path / "eval", tiny_onnx, "--gt-topic", "") == 0
+    for topic in ("/dicnet/anomaly_score", "/dicnet/anomaly_mask", "/dicnet/overlay"):
+        assert {(m.width, m.height) for _, m in _read_topic(tmp_path / "eval" / "exif_dicnet", topic)} == {(64, 48)}

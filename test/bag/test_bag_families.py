@@ -108,8 +108,8 @@ def test_bag_eval_reports_per_family(sim_dataset: Path, tmp_path: Path, tiny_onn
 
 def test_frames_without_families_count_only_overall() -> None:
     gt = np.zeros((4, 6), np.uint8)
-    gt[1:3, 2:4] = bagmod.GT_ANOMALY
-    score = np.where(gt == bagmod.GT_ANOMALY, 0.9, 0.1).astype(np.float32)
+    gt[1:3, 2:4] = 1  # the evaluation label: 1 anomaly
+    score = np.where(gt == 1, 0.9, 0.1).astype(np.float32)
     acc = bagmod.MetricsAccumulator((0.0, 1.0), {1: "toys", 2: "toys", 3: bagmod.MIXED})
     for stamp in (1, 2, 3, 4, 5):  # 4 and 5: no family information
         acc.update({"dicnet": score, "maxlogit": -score}, gt, stamp=stamp)

@@ -80,17 +80,22 @@ def test_bag_path_that_is_no_bag_is_one_clear_line(dataset: Path, tmp_path: Path
 
 @pytest.mark.parametrize("crcs", ["written", "zeroed"])
 def test_corrupted_mcap_chunk(dataset: Path, tmp_path: Path, tiny_onnx: Path, capsys, crcs: str) -> None:
-    """~2000 changed bytes in the middle of a chunk fail bag-eval with one line, where the chunk has a CRC; a CRC of
-    0 means "not computed" (writers may skip it), so such a bag still reads."""
+    """~2000 changed bytes in the middle of a chunk fail bag-eval with one line naming the file, where the chunk has
+    a CRC; a CRC of 0 means "not computed" (writers may skip it), so such a bag still reads, reported as not
+    verifiable."""
     bag = _make(dataset, tmp_path / "drive", "--storage", "mcap")
     mcap = _storage_file(bag)
     data = bytearray(mcap.read_bytes())
     (crc_at, _, start, length), *_ = _mcap_chunks(mcap)
-    if crcs == "zeroed":
+    if crcs == "zeroed":  # as another writer would leave it: no chunk CRC and no whole-file checksum recorded
         data[crc_at : crc_at + 4] = bytes(4)
         mcap.write_bytes(bytes(data))
+        meta = bag / "metadata.yaml"
+        meta.write_text("\n".join(line for line in meta.read_text().splitlines() if "storage_crc32" not in line))
         assert _eval(bag, tmp_path / "out", tiny_onnx) == 0
-        assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_frames"] == 4
+        report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+        assert report["num_frames"] == 4
+        assert any("1 of 1 chunks carry no CRC" in line for line in report["integrity"]["not_verifiable"]), report
         return
     middle = start + length // 2
     data[middle - 1000 : middle + 1000] = bytes(b ^ 0xFF for b in data[middle - 1000 : middle + 1000])
@@ -98,7 +103,7 @@ def test_corrupted_mcap_chunk(dataset: Path, tmp_path: Path, tiny_onnx: Path, ca
     capsys.readouterr()
     assert _eval(bag, tmp_path / "out", tiny_onnx) != 0
     msg = _err(capsys)
-    assert str(bag) in msg and "checksum" in msg.lower() and "damaged" in msg, msg
+    assert f"{mcap} is damaged: chunk 0" in msg and "checksum" in msg.lower(), msg
     assert not (tmp_path / "out").exists()
     _no_leftovers(tmp_path)
     with pytest.raises(bagmod.CorruptBagError, match="checksum"):

@@ -47,10 +47,11 @@ def test_make_bag_contents(dataset: Path, tmp_path: Path, storage: str, compress
     for i, (t, msg) in enumerate(gts):
         assert t == expected[i] and bagmod.stamp_to_ns(msg.header.stamp) == expected[i]
         assert msg.encoding == "mono8" and msg.header.frame_id == "cam0"
-        gt = bagmod.decode_gt_mask(msg)
+        gt = bagmod.read_gt_mask(msg)  # the values make-bag writes: 255 anomaly, 128 ignore, 0 normal
         label = ds[i].label
         np.testing.assert_array_equal(gt == bagmod.GT_ANOMALY, label == 13)
         np.testing.assert_array_equal(gt == bagmod.GT_IGNORE, label == 255)
+        np.testing.assert_array_equal(bagmod.decode_gt_mask(msg), np.select([label == 13, label == 255], [1, 255], 0))
     info = bagmod.bag_dataset_info(out)
     assert info["dataset"]["anomaly_ids"] == [13] and info["dataset"]["class_names"][0] == "unlabeled"
     assert info["gt_topic"] == "/camera/anomaly_gt" and info["image_topic"] == cam
@@ -93,8 +94,13 @@ def test_existing_output_refused_then_overwritten(dataset: Path, tmp_path: Path,
     assert _eval(bag, out, tiny_onnx) != 0
     assert "exists" in _err(capsys)
     assert (out / "keep.txt").read_text() == "mine"
+    assert _eval(bag, out, tiny_onnx, "--overwrite") != 0  # not a folder bag-eval wrote: never deleted
+    assert "not written by this tool" in _err(capsys) and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()  # an empty folder loses nothing
     assert _eval(bag, out, tiny_onnx, "--overwrite") == 0
-    assert (out / "metrics.json").is_file() and not (out / "keep.txt").exists()
+    assert (out / "metrics.json").is_file() and (out / bagmod.OUTPUT_MARKER).is_file()
+    assert _eval(bag, out, tiny_onnx, "--overwrite", "--no-out-bag") == 0  # bag-eval's own folder: replaced
+    assert not (out / "drive_dicnet").exists()
     _no_leftovers(tmp_path)
 
 
