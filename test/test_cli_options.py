@@ -15,14 +15,7 @@ from dicnet_ros.cli import SUBCOMMANDS, subcommand_parser
 
 #: Commands whose parsers belong to other parts of the project and have not taken the shared options yet; each is
 #: a strict xfail, so the entry must go once the command adopts dicnet_ros.cli_options.
-PENDING = {
-    "node": "dicnet_ros/node/cli.py: add_inference_arguments(parser, unset=True), add_threshold_argument(parser)",
-    "train-teacher": "training CLIs: --device via cli_options.add_device_argument (auto instead of None)",
-    "distill": "training CLIs: --device via cli_options.add_device_argument (auto instead of None)",
-    "fit-outlier-head": "training CLIs: --device via cli_options.add_device_argument (auto instead of None)",
-    "calibrate": "training CLIs: --device via cli_options.add_device_argument (auto instead of None)",
-    "evaluate": "training CLIs: --device via cli_options.add_device_argument (auto instead of None)",
-}
+PENDING: dict[str, str] = {}
 #: Commands that run a trained model and so must take --model (default: the shipped model).
 RUN_A_MODEL = ("infer", "bag-eval", "demo", "node", "build-engine")
 

@@ -108,12 +108,12 @@ def test_tensorrt_that_cannot_start_is_one_line_in_build_engine(
 
     trt.refuse.add("Builder")
     assert dicnet(["build-engine", "--model", str(tiny_onnx), "--cache-dir", str(tmp_path), "--max-batch", "2"]) == 1
-    out = capsys.readouterr().out.strip().splitlines()
+    out = capsys.readouterr().err.strip().splitlines()  # errors go to stderr, as in every dicnet command
     assert len(out) == 1 and out[0].startswith("dicnet build-engine: TensorRT cannot create a Builder on cuda:0")
     assert "Traceback" not in out[0] and not list(tmp_path.glob("*.engine"))
     trt.refuse = {"Runtime"}
     assert dicnet(["build-engine", "--model", str(tiny_onnx), "--cache-dir", str(tmp_path)]) == 1
-    assert "cannot create a Runtime" in capsys.readouterr().out
+    assert "cannot create a Runtime" in capsys.readouterr().err
     assert dicnet(["build-engine", "--model", str(tiny_onnx), "--max-batch", "0"]) == 2
 
 

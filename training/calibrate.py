@@ -7,6 +7,7 @@ import logging
 
 from dicnet_training.config import apply_override, deep_merge, load_config
 
+from dicnet_ros.cli_options import add_device_argument
 from dicnet_ros.model.checkpoint import checkpoint_metadata, load_checkpoint
 
 
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="set the share of the same-class mean in the class-guided averaging (0..1) before "
                              "calibrating")
     parser.add_argument("--out", default=None, help="write a new checkpoint here (default: update in place)")
-    parser.add_argument("--device", default=None)
+    add_device_argument(parser)
     parser.add_argument("--no-progress", action="store_true")
 
 

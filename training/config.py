@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from dicnet_ros.cli_options import add_device_argument
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 #: Every setting of the plain sections with its default: the schema of those sections (a new setting is added
@@ -230,4 +232,4 @@ def add_config_arguments(parser: Any, config_required: bool = True) -> None:
                         help="override config entries, e.g. teacher.epochs=3 model.feature_channels=64")
     parser.add_argument("--out", default=None, help="run directory (default: config out_dir/<stage>)")
     parser.add_argument("--no-progress", action="store_true", help="disable progress bars")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_device_argument(parser)

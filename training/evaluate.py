@@ -14,6 +14,7 @@ from pathlib import Path
 from dicnet_training import distributed as tdist
 from dicnet_training.calibrate import add_checkpoint_config_arguments, config_for
 
+from dicnet_ros.cli_options import add_backend_argument, add_device_argument, add_model_argument
 from dicnet_ros.data.detect import KINDS, add_label_arguments, dataset_options
 
 
@@ -21,10 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options (the data come from --data, or from --config / the config stored in the checkpoint)."""
     add_checkpoint_config_arguments(parser, "calibrated pair checkpoint (PyTorch; every method and scoring mode)",
                                     required=False)
-    parser.add_argument("--model", default=None,
-                        help="instead of --checkpoint: an exported model (.onnx / .engine / .pt) run through the "
-                             "node's inference interface (needs --data); reports the published score, MSP, MaxLogit")
-    parser.add_argument("--backend", default="auto", help="backend for --model (auto, onnxruntime, tensorrt, torch)")
+    add_model_argument(parser, "; here: instead of --checkpoint, run through the node's inference interface (needs "
+                               "--data), reporting the published score, MSP and MaxLogit")
+    add_backend_argument(parser)
     parser.add_argument("--data", default=None,
                         help="evaluate on this data set (a benchmark folder, an images/ + masks/ folder, or any "
                              "layout the readers detect) instead of the config's data.root")
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also report DiCNet with per-image min-max (the official code's protocol variant)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--batch-size", type=int, default=1, help="images per inference call with --model")
-    parser.add_argument("--device", default=None)
+    add_device_argument(parser)
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -76,8 +76,9 @@ def _run_model(args: argparse.Namespace, dataset: object, out: Path) -> int:
     from dicnet_ros.inference import load_model
     from dicnet_ros.inference.dataset_eval import METHOD_TITLES, evaluate_dataset
     from dicnet_ros.metrics import benchmark_table
+    from dicnet_ros.resources import resolve_model
 
-    model = load_model(args.model, backend=args.backend, device=args.device or "auto")
+    model = load_model(resolve_model(args.model), backend=args.backend, device=args.device)
     try:
         results = evaluate_dataset(model, dataset, out, batch_size=max(1, args.batch_size),
                                    max_images=args.max_images, progress=not args.no_progress)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from dicnet_training.losses import OutlierHeadConfig
 
+from dicnet_ros.cli_options import add_device_argument
+
 log = logging.getLogger("dicnet_training")
 
 OUTLIER_TARGET = -1  # cell target of outlier proxies in the cache (normal cells hold their class id)
@@ -176,7 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_checkpoint_config_arguments(parser, "pair checkpoint (best.pt of distill, or a calibrated one)")
     parser.add_argument("--out", default=None, help="write a new checkpoint here (default: update in place)")
-    parser.add_argument("--device", default=None)
+    add_device_argument(parser)
     parser.add_argument("--no-progress", action="store_true")
 
 

@@ -16,6 +16,7 @@ recording holds, so a user's own bag is read right without being told, and says 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -176,7 +177,8 @@ def resolve_encoding(preset: str | None = None, anomaly: str | None = None, void
 #: value a convention does not name is void (excluded), so stray values (anti-aliased edges, a label id nobody
 #: mapped) never count as normal or anomaly pixels.
 MASK_CONVENTIONS: dict[str, LabelEncoding] = {
-    "dicnet": PRESETS["dicnet-bag"].encoding,  # what `dicnet make-bag` writes: 255 / 0, 128 (and the rest) void
+    # what `dicnet make-bag` writes: 255 / 0, 128 (and the rest) void; the preset's encoding under the bag's name
+    "dicnet": dataclasses.replace(PRESETS["dicnet-bag"].encoding, name="dicnet"),
     "0-1": LabelEncoding("0-1", anomaly=(1,), void=(255,), normal=(0,)),  # 0/1 masks, 255 = void if present
     "0-255": LabelEncoding("0-255", anomaly=(255,), normal=(0,)),  # 0/255 masks (binary PNGs)
 }

@@ -93,15 +93,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``dicnet node`` options; they become ROS parameters / remaps, anything after --ros-args is passed on."""
-    from dicnet_ros.inference.base import BACKENDS
+    from dicnet_ros.cli_options import add_inference_arguments, add_threshold_argument
 
-    parser.add_argument("--model", help="model file (default: the package's default model)")
-    parser.add_argument("--backend", choices=BACKENDS, help="inference runtime (default auto)")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    add_inference_arguments(parser, unset=True)  # unset: a --params-file may set them
     parser.add_argument("--params-file", help="ROS parameter YAML (e.g. config/anomaly.yaml)")
     parser.add_argument("--image-topic", help="camera topic to remap ~/image (and ~/image/compressed) to")
     parser.add_argument("--image-transport", choices=("raw", "compressed"), help="raw Image or CompressedImage")
-    parser.add_argument("--threshold", type=float, help="mask threshold (default: the model's)")
+    add_threshold_argument(parser)
     parser.add_argument("--namespace", help="node namespace (one per camera)")
     parser.add_argument("--cameras", help="comma-separated camera names served by this ONE node (e.g. "
                                           "front,left,right,rear): camera NAME reads /NAME/image_raw and publishes "

@@ -8,8 +8,7 @@ from typing import Any
 from dicnet_ros.inference.base import AnomalyModel, BackendUnavailableError, ModelLoadError
 from dicnet_ros.metadata import MetadataError
 from dicnet_ros.node.errors import NodeStartupError
-from dicnet_ros.node.parameters import DEFAULT_MODEL_NAME
-from dicnet_ros.resources import package_file
+from dicnet_ros.resources import DEFAULT_MODEL_NAME, package_file, resolve_model
 
 
 def default_model_path() -> Path:
@@ -25,10 +24,10 @@ def open_model(model_path: str, backend: str, device: str, engine_cache_dir: str
     among the package's shipped models (``model:=dicnet_sim_default_int8.onnx``)."""
     from dicnet_ros.inference import load_model
 
-    path = Path(model_path).expanduser() if model_path else default_model_path()
-    if model_path and not path.exists() and path.name == model_path:
-        shipped = package_file(f"models/{model_path}")  # a bare name: one of the models the package ships
-        path = shipped if shipped.exists() else path
+    try:
+        path = resolve_model(model_path)  # '' = the shipped default; a bare name = one of the shipped models
+    except FileNotFoundError as exc:
+        raise NodeStartupError(str(exc)) from None
     if not path.exists():
         hint = "" if model_path else " (the default model ships with the package; set model_path to your model)"
         raise NodeStartupError(f"model file not found: {path}{hint}")

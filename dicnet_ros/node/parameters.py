@@ -15,13 +15,13 @@ from dicnet_ros.image_conversion import DEFAULT_MAX_PIXELS
 from dicnet_ros.inference.base import BACKENDS
 from dicnet_ros.node.errors import ParameterError
 from dicnet_ros.node.qos import INPUT_QOS_PRESETS, QOS_PRESETS
+from dicnet_ros.resources import DEFAULT_MODEL_NAME
 from dicnet_ros.visualization import COLORMAPS
 
 if TYPE_CHECKING:
     from rcl_interfaces.msg import ParameterDescriptor
 
 NODE_NAME = "anomaly_node"
-DEFAULT_MODEL_NAME = "dicnet_sim_default.onnx"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # a camera name becomes a namespace token (/NAME/anomaly_node/...): ROS name rules
 _CAMERA_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")

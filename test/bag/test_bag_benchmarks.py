@@ -25,7 +25,7 @@ from real_fixtures import (
     make_smiyc,
 )
 
-from dicnet_ros.bag.messages import decode_gt_mask, image_msg_rgb
+from dicnet_ros.bag.messages import image_msg_rgb, read_gt_mask
 from dicnet_ros.bag.read import bag_dataset_info
 from dicnet_ros.cli import main as dicnet
 from dicnet_ros.data import open_dataset
@@ -58,7 +58,7 @@ def test_make_bag_reads_every_benchmark_layout_back_exactly(tmp_path: Path) -> N
         options = {"fishyscapes_smiyc": {"laf_root": laf},
                    "anomaly_folder": {"encoding": resolve_encoding(None, "2", "255")[0]}}.get(name, {})
         ds = open_dataset(root, "test", **options)
-        gts = [decode_gt_mask(msg) for _, msg in _read_topic(bag, "/camera/anomaly_gt")]
+        gts = [read_gt_mask(msg) for _, msg in _read_topic(bag, "/camera/anomaly_gt")]
         images = [image_msg_rgb(msg, "sensor_msgs/msg/Image") for _, msg in _read_topic(bag, "/camera/image_raw")]
         assert len(gts) == len(ds) == len(images) > 0, name
         for i in range(len(ds)):
