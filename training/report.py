@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from dicnet_ros.metrics.domain import summary_line
+
 METHOD_TITLES = {
     "dicnet_paper": "DiCNet (paper: Eq. 7 with mu_c)",
     "dicnet_code": "DiCNet (code: mean_c D^2)",
@@ -53,8 +55,21 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def domain_section(results: dict[str, Any]) -> str:
+    """The out-of-domain alarm: share of frames out of domain and the table over the in-domain frames only."""
+    summary = results.get("domain") or {"available": False}
+    lines = ["## Out-of-domain alarm", "", summary_line(summary)]
+    in_domain = results.get("methods_in_domain") or {}
+    if in_domain:
+        frames = summary["frames"] - summary["out_of_domain"]
+        lines += ["", f"In-domain frames only ({frames} of {summary['frames']}; all numbers in %):", "",
+                  markdown_table({**results, "methods": in_domain})]
+    return "\n".join(lines)
+
+
 def markdown_report(results: dict[str, Any]) -> str:
-    """Full report.md: provenance, the table, segmentation quality, speed, protocol notes."""
+    """Full report.md: provenance, the table, the out-of-domain alarm, segmentation quality, speed, protocol
+    notes."""
     info = results["info"]
     seg = results["segmentation"]
     iou_rows = "\n".join(f"| {c} | {_pct(v)} |" for c, v in zip(info["class_names"], seg["per_class_iou"],
@@ -82,6 +97,8 @@ teacher classifies wrongly / correctly, at the pooled thresholds reaching 95/85/
 DiCNet `paper` = Eq. 7, mean over channels of (D - mu_c)^2 with the calibrated mu_c; `code` = mean over channels
 of D^2 (official code). Min-max rows (if any) normalise each image's map to [0, 1] (official code's last step):
 it leaves per-image numbers unchanged and changes pooled ones.
+
+{domain_section(results)}
 
 ## Teacher segmentation (known classes)
 
