@@ -39,12 +39,14 @@ def test_fused_graph_io_checker_and_metadata(tiny_onnx: Path, tiny_checkpoint: P
     assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     outs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
     assert outs == {"anomaly_score": onnx.TensorProto.FLOAT, "semantic_labels": onnx.TensorProto.UINT8,
-                    "msp_score": onnx.TensorProto.FLOAT, "maxlogit_score": onnx.TensorProto.FLOAT}
-    assert [o.name for o in model.graph.output] == ["anomaly_score", "semantic_labels", "msp_score", "maxlogit_score"]
+                    "msp_score": onnx.TensorProto.FLOAT, "maxlogit_score": onnx.TensorProto.FLOAT,
+                    "domain_score": onnx.TensorProto.FLOAT}
+    assert [o.name for o in model.graph.output] == ["anomaly_score", "semantic_labels", "msp_score", "maxlogit_score",
+                                                    "domain_score"]
     meta = _metadata(tiny_onnx)
     _, ckpt_meta, raw = model_from_checkpoint(tiny_checkpoint)
     assert meta.class_names == ckpt_meta.class_names
-    assert meta.threshold == pytest.approx(ckpt_meta.threshold)
+    assert meta.threshold == pytest.approx(ckpt_meta.threshold) and meta.domain_threshold == ckpt_meta.domain_threshold
     assert meta.calibration["mu_c"] == pytest.approx(raw["mu_c"])
     assert meta.preprocess == ckpt_meta.preprocess and meta.model_config == ckpt_meta.model_config
     assert meta.export["form"] == "fused" and meta.export["dynamic"] is True
@@ -95,6 +97,7 @@ def test_separate_graphs_match_fused(tiny_checkpoint: Path, tmp_path: Path, chec
     for image in images:
         (a, la, ea), (b, lb, eb) = fused._run(image), separate._run(image)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(ea["domain"], eb["domain"], rtol=1e-5, atol=1e-5)  # the out-of-domain score
         np.testing.assert_allclose(ea["msp"], eb["msp"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(ea["maxlogit"], eb["maxlogit"], rtol=1e-5, atol=1e-5)
         check_maxlogit(eb["maxlogit"], tiny_checkpoint, image)

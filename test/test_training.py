@@ -66,8 +66,17 @@ def test_full_chain(sim_root: Path, tmp_path: Path) -> None:
 
     calibrated = tmp_path / "calibrated.pt"
     assert dicnet(["calibrate", "--checkpoint", str(student_dir / "best.pt"), "--out", str(calibrated),
-                   "--target-fpr", "0.05", "--no-progress", "--device", "cpu"]) == 0
+                   "--target-fpr", "0.05", "--domain-threshold", "4.5", "--no-progress", "--device", "cpu"]) == 0
     model, cal_meta, data = model_from_checkpoint(calibrated)
+    # the out-of-domain head: fitted on the mu_c images, standardised on the validation images, threshold written
+    domain = cal_meta.calibration["domain"]
+    assert cal_meta.domain_threshold == 4.5 and model.domain_head is not None and "domain_head" in data
+    assert (domain["fit_split"], domain["fit_images"], domain["scale_split"], domain["scale_images"]) == (
+        "train", 8, "val", 4)
+    assert domain["rank"] == 6 and domain["score_on_calibration"]["max"] < 4.5  # rank capped by the 8 images
+    with torch.no_grad():
+        x = model.network_input(torch.zeros(2, 72, 128, 3, dtype=torch.uint8))
+        assert (model.domain_head(model.domain_statistics(x, model.teacher(x))) > 4.5).all()  # black frames
     stats = cal_meta.calibration["score_stats"]
     assert cal_meta.threshold is not None and math.isfinite(cal_meta.threshold)
     assert stats["p50"] <= stats["p90"] <= cal_meta.threshold <= stats["p99"] <= stats["max"]
@@ -89,6 +98,9 @@ def test_full_chain(sim_root: Path, tmp_path: Path) -> None:
     assert methods["dicnet_code_minmax"]["per_image"]["auroc"] == pytest.approx(
         methods["dicnet_code"]["per_image"]["auroc"])
     assert math.isfinite(report["segmentation"]["miou"]) and report["speed"]["images_per_second"] > 0
+    assert report["domain"]["available"] and report["domain"]["frames"] == 4 and report["domain"]["threshold"] == 4.5
+    assert set(report["methods_in_domain"]) == set(methods)  # every method, over the in-domain frames only
+    assert "Out-of-domain alarm" in (report_dir / "report.md").read_text()
     assert "per-image" in (report_dir / "report.md").read_text()
     _check_maxlogit_fusion(student_dir / "best.pt", tmp_path)
     _check_outlier_head(sim_root, student_dir / "best.pt", tmp_path)

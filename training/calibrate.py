@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-class-weight", type=float, default=None, metavar="A",
                         help="set the share of the same-class mean in the class-guided averaging (0..1) before "
                              "calibrating")
+    parser.add_argument("--domain-threshold", type=float, default=None, metavar="SIGMAS",
+                        help="out-of-domain alarm threshold in standard deviations of the calibration images (default: "
+                             "config calibration.domain_threshold, else 5)")
+    parser.add_argument("--domain-rank", type=int, default=None, metavar="K",
+                        help="principal directions of the domain head's feature distance (default 16)")
     parser.add_argument("--out", default=None, help="write a new checkpoint here (default: update in place)")
     add_device_argument(parser)
     parser.add_argument("--no-progress", action="store_true")
@@ -74,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
                          args.scoring_mode, args.device, not args.no_progress, args.score_fusion,
                          {"score_smoothing": args.score_smoothing, "score_class_window": args.score_class_window,
                           "score_fusion_weight": args.score_fusion_weight,
-                          "score_class_weight": args.score_class_weight})
+                          "score_class_weight": args.score_class_weight},
+                         args.domain_threshold, args.domain_rank)
         print(path)
         return 0
 

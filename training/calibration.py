@@ -1,8 +1,11 @@
-"""Calibration of a trained pair: mu_c (paper Eq. 7), in-distribution score statistics and the mask threshold.
+"""Calibration of a trained pair: mu_c (paper Eq. 7), in-distribution score statistics, the mask threshold and
+the out-of-domain head.
 
 The threshold is the score exceeded by ``target_fpr`` of the normal validation pixels (1 % -> the 99th
-percentile), so the node's default mask has a known false-positive rate on in-distribution data. Everything
-is written into the checkpoint metadata; the ONNX export and the node read it from there.
+percentile), so the node's default mask has a known false-positive rate on in-distribution data. The domain head
+(model/domain.py) is fitted on the images of the mu_c split and standardised on those of the calibration split,
+with no label and no out-of-domain example; its alarm threshold is a number of standard deviations of those
+images. Everything is written into the checkpoint metadata; the ONNX export and the node read it from there.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dicnet_training.engine import progress
 
 from dicnet_ros.model.checkpoint import checkpoint_metadata, load_checkpoint, model_from_checkpoint, save_checkpoint
 from dicnet_ros.model.dicnet import SCORE_SETTINGS, DiCNet, ModelConfig
+from dicnet_ros.model.domain import DEFAULT_DOMAIN_THRESHOLD, DEFAULT_RANK, DOMAIN_GROUPS, DomainHead
 from dicnet_ros.model.scoring import SCORE_FUSIONS, SCORING_MODES, baseline_score, discrepancy_channel_sum
 from dicnet_ros.preprocessing import restore_size
 
@@ -42,6 +46,34 @@ def estimate_mu_c(model: DiCNet, loader: Any, device: torch.device, show: bool =
             total += discrepancy_channel_sum(t, s).double()
             count += t.shape[0] * t.shape[2] * t.shape[3]
     return (total / max(1, count)).float().cpu()
+
+
+@torch.no_grad()
+def collect_domain_statistics(model: DiCNet, loader: Any, device: torch.device, show: bool = False) -> torch.Tensor:
+    """(N, 3 + D) image-level statistics of every image (model/domain.py); labels are not read."""
+    rows = []
+    for groups in progress(loader, show, desc="domain"):
+        for images, _, _ in groups:
+            x = model.network_input(images.to(device))
+            rows.append(model.domain_statistics(x, model.teacher(x)).float().cpu())
+    return torch.cat(rows) if rows else torch.zeros(0, 3 + model.domain_feature_count)
+
+
+def fit_domain_head(model: DiCNet, fit_statistics: torch.Tensor, scale_statistics: torch.Tensor,
+                    rank: int = DEFAULT_RANK) -> dict[str, Any] | None:
+    """Fit ``model.domain_head`` (rank capped by the fit images); None, with a warning, when there are too few."""
+    rank = min(rank, len(fit_statistics) - 2, model.domain_feature_count - 1)
+    if rank < 1 or len(scale_statistics) < 2:
+        log.warning("out-of-domain head not fitted: it needs at least 3 images to fit and 2 to standardise on, got "
+                    "%d and %d; the model will have no domain score", len(fit_statistics), len(scale_statistics))
+        model.domain_head = None
+        return None
+    head = DomainHead(model.domain_feature_count, rank).to(fit_statistics.device)
+    summary = head.fit(fit_statistics, scale_statistics)
+    model.domain_head = head
+    scores = head(scale_statistics)
+    return {"groups": list(DOMAIN_GROUPS), "rank": rank, **summary,
+            "score_on_calibration": {"mean": float(scores.mean()), "max": float(scores.max())}}
 
 
 def score_statistics(scores: np.ndarray, target_fpr: float) -> dict[str, float]:
@@ -112,16 +144,26 @@ def collect_normal_scores(model: DiCNet, loader: Any, device: torch.device, anom
 def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path | None = None,
               split: str | None = None, mu_split: str | None = None, target_fpr: float | None = None,
               scoring_mode: str | None = None, device: str | None = None, show_progress: bool = True,
-              score_fusion: str | None = None, score_settings: dict[str, Any] | None = None) -> Path:
-    """Estimate mu_c and score statistics, set the threshold, and write the calibrated checkpoint atomically.
+              score_fusion: str | None = None, score_settings: dict[str, Any] | None = None,
+              domain_threshold: float | None = None, domain_rank: int | None = None) -> Path:
+    """Estimate mu_c and score statistics, set the threshold, fit the out-of-domain head, and write the calibrated
+    checkpoint atomically.
 
     ``score_settings`` sets scoring fields of the model config first (``score_smoothing``, ``score_class_window``,
     ``score_fusion_weight``, ``score_class_weight``): the statistics and threshold must be those of the score the
-    checkpoint will publish."""
+    checkpoint will publish. ``domain_threshold`` is the alarm threshold in standard deviations of the calibration
+    images (default ``calibration.domain_threshold`` of the config, else ``DEFAULT_DOMAIN_THRESHOLD``)."""
     cal = dict(cfg.get("calibration") or {})
     target_fpr = float(target_fpr if target_fpr is not None else cal.get("target_fpr", 0.01))
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"target FPR must be in (0, 1), got {target_fpr}")
+    domain_threshold = float(domain_threshold if domain_threshold is not None
+                             else cal.get("domain_threshold", DEFAULT_DOMAIN_THRESHOLD))
+    domain_rank = int(domain_rank if domain_rank is not None else cal.get("domain_rank", DEFAULT_RANK))
+    if not (math.isfinite(domain_threshold) and domain_threshold > 0):
+        raise ValueError(f"domain threshold must be a positive number of standard deviations, got {domain_threshold}")
+    if domain_rank < 1:
+        raise ValueError(f"domain rank must be at least 1, got {domain_rank}")
     split = split or cal.get("split", "val")
     mu_split = mu_split or cal.get("mu_split", "train")
     ctx = tdist.setup(device)
@@ -166,6 +208,18 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
         fusion_norm = [float(v) for v in model.fusion_norm.tolist()]
         log.info("fusion with MaxLogit: discrepancy mean %.5f std %.5f, MaxLogit mean %.5f std %.5f on %s",
                  *fusion_norm, split)
+    domain = fit_domain_head(
+        model, collect_domain_statistics(model, tdata.eval_loader(mu_ds, batch, workers, ctx), ctx.device,
+                                         show_progress),
+        collect_domain_statistics(model, tdata.eval_loader(cal_ds, batch, workers, ctx), ctx.device, show_progress),
+        domain_rank)
+    if domain is not None:
+        domain.update({"fit_split": mu_split, "fit_images": len(mu_ds), "scale_split": split,
+                       "scale_images": len(cal_ds), "threshold_rule": f"{domain_threshold:g} standard deviations of "
+                       f"the {split} images on one statistic"})
+        log.info("out-of-domain head: rank %d, fitted on %d %s images, standardised on %d %s images; score on them "
+                 "mean %.2f, max %.2f; alarm above %g", domain["rank"], len(mu_ds), mu_split, len(cal_ds), split,
+                 domain["score_on_calibration"]["mean"], domain["score_on_calibration"]["max"], domain_threshold)
     scores = collect_normal_scores(model, tdata.eval_loader(cal_ds, batch, workers, ctx), ctx.device,
                                    tuple(spec.anomaly_ids), spec.ignore_id, int(cal.get("max_pixels", 20_000_000)),
                                    show_progress)
@@ -181,6 +235,7 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
     meta.scoring_mode = mode
     meta.model_config = model.config.to_dict()
     meta.threshold = threshold
+    meta.domain_threshold = domain_threshold if domain is not None else None
     meta.calibration = {
         "mu_c": [float(v) for v in model.mu_c.tolist()],
         "mu_split": mu_split,
@@ -193,11 +248,14 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
         "score_stats": {k: v for k, v in stats.items() if k != "threshold"},
         "score_stats_by_mode": by_mode,
         "threshold_rule": f"quantile {1 - target_fpr:g} of normal {split} pixel scores ({mode} mode)",
+        **({"domain": domain} if domain is not None else {}),
     }
     checkpoint_metadata({"metadata": meta.__dict__}, str(checkpoint))  # validate before writing
-    payload = {k: v for k, v in data.items() if k not in ("format", "outlier_head")}
+    payload = {k: v for k, v in data.items() if k not in ("format", "outlier_head", "domain_head")}
     if model.outlier_head is not None:
         payload["outlier_head"] = cpu_state_dict(model.outlier_head)
+    if model.domain_head is not None:
+        payload["domain_head"] = cpu_state_dict(model.domain_head)
     payload.update({"metadata": dict(meta.__dict__), "mu_c": meta.calibration["mu_c"],
                     "model_config": model.config.to_dict(), "train_state": None})
     target = Path(out_path) if out_path else Path(checkpoint)

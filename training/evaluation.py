@@ -3,7 +3,9 @@
 Every map comes from ONE forward pass per image through the model's own preprocessing, is resized to the
 label resolution, and goes to one ``AnomalyEvaluator`` per method, so all methods see the same pixels. On a data
 set with a component track (the real benchmarks) the published DiCNet score, MSP and MaxLogit also get the
-benchmark protocol (``dicnet_ros.metrics.benchmark``: SMIYC pixel definitions and component metrics).
+benchmark protocol (``dicnet_ros.metrics.benchmark``: SMIYC pixel definitions and component metrics). A model
+with an out-of-domain head also reports the share of frames out of domain and every method's metrics over the
+in-domain frames only (``dicnet_ros.metrics.domain``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dicnet_training.engine import confusion_to_iou, progress, update_confusion
 
 from dicnet_ros.data.benchmark import evaluation_label
 from dicnet_ros.metrics import AnomalyEvaluator, ComponentEvaluator, benchmark_metrics
+from dicnet_ros.metrics.domain import DomainSplitEvaluator, DomainTally
 from dicnet_ros.model.checkpoint import model_from_checkpoint
 from dicnet_ros.model.dicnet import SCORE_SETTINGS
 from dicnet_ros.model.scoring import baseline_score, minmax_per_image
@@ -38,9 +41,12 @@ COMPONENT_BASELINES = ("msp", "maxlogit")  # beside the published DiCNet score i
 
 @torch.no_grad()
 def score_maps(model: Any, images: torch.Tensor, size: tuple[int, int], minmax: bool = False) -> tuple[
-        dict[str, torch.Tensor], torch.Tensor]:
-    """All methods' (N, H, W) score maps at ``size`` and the teacher's class ids, from one forward pass."""
-    t, s = model.features(images)
+        dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+    """All methods' (N, H, W) score maps at ``size``, the teacher's class ids and the image-level domain scores
+    (N,) (None without a domain head), from one forward pass."""
+    x = model.network_input(images)
+    t, s = model.teacher(x), model.student(x)
+    domain = model.domain_head(model.domain_statistics(x, t)) if model.domain_head is not None else None
     tf, sf, lf = t.feature.float(), s.float(), t.logits.float()
     pp = model.preprocess_config
     maps = {  # the published score in both modes (with the model's fusion, if any)
@@ -56,7 +62,7 @@ def score_maps(model: Any, images: torch.Tensor, size: tuple[int, int], minmax: 
             out[f"{k}_minmax"] = minmax_per_image(out[k])
     for b in BASELINE_METHODS:
         out[b] = baseline_score(logits, b)[:, 0]
-    return out, logits.argmax(1)
+    return out, logits.argmax(1), domain
 
 
 def _score_range(name: str, first: torch.Tensor, num_classes: int, calibration: dict[str, Any]) -> tuple[float, float]:
@@ -112,7 +118,8 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
     k = len(meta.class_names)
     batch = int(ev.get("batch_size", 2))
     loader = tdata.eval_loader(ds, batch, int(ev.get("workers", 0)), ctx)
-    evaluators: dict[str, AnomalyEvaluator] = {}
+    evaluators: dict[str, DomainSplitEvaluator] = {}
+    domain = DomainTally(meta.domain_threshold if model.domain_head is not None else None)
     conf = torch.zeros(k, k, dtype=torch.float64)
     rng = np.random.default_rng(0)
     per_image_curve = max(1, int(ev.get("curve_pixels", 200_000)) // max(1, len(ds)))
@@ -129,7 +136,7 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             t0 = time.perf_counter()
-            maps, pred = score_maps(model, images_dev, tuple(labels.shape[-2:]), minmax)
+            maps, pred, domain_scores = score_maps(model, images_dev, tuple(labels.shape[-2:]), minmax)
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize(ctx.device)
             if warm:  # the first batch pays for kernel selection / allocation: not part of the speed
@@ -143,15 +150,18 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
             labels_np = labels.numpy()
             if same_classes:
                 update_confusion(conf, pred.cpu(), labels, k)
+            verdicts = [domain.add(None if domain_scores is None else float(domain_scores[i]))
+                        for i in range(labels_np.shape[0])]
             for m, v in maps_np.items():
                 if m not in evaluators:
-                    evaluators[m] = AnomalyEvaluator(
-                        spec.anomaly_ids, ignore_ids=(spec.ignore_id,),
-                        score_range=_score_range(m, maps[m], k, meta.calibration),
+                    score_range = _score_range(m, maps[m], k, meta.calibration)
+                    evaluators[m] = DomainSplitEvaluator(lambda score_range=score_range: AnomalyEvaluator(
+                        spec.anomaly_ids, ignore_ids=(spec.ignore_id,), score_range=score_range,
                         num_bins=int(ev.get("num_bins", 10000)),
-                        keep_exact_pooled=bool(track) or bool(ev.get("exact_pooled", True)), per_image=True)
+                        keep_exact_pooled=bool(track) or bool(ev.get("exact_pooled", True)), per_image=True),
+                        eager=ctx.distributed)
                 for i in range(v.shape[0]):
-                    evaluators[m].update(v[i], labels_np[i], pred_np[i] if same_classes else None)
+                    evaluators[m].update(v[i], labels_np[i], pred_np[i] if same_classes else None, verdicts[i])
                     if m in components:
                         components[m].update(v[i], evaluation_label(labels_np[i], spec))
             for i in range(labels_np.shape[0]):
@@ -167,13 +177,22 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
                                       "anomaly": is_anom, "msp": maps_np["msp"][i],
                                       "dicnet": maps_np[f"dicnet_{meta.scoring_mode}"][i]})
     if ctx.distributed:
-        for e in evaluators.values():
-            e.all_reduce()
+        for split in evaluators.values():
+            for e in split.evaluators():
+                e.all_reduce()
         conf = tdist.all_reduce_sum(conf.to(ctx.device), ctx).cpu()
+    domain_summary = domain.summary()
+    if ctx.distributed and domain_summary["available"]:  # counts of all ranks; the score range stays per rank
+        counts = tdist.all_reduce_sum(torch.tensor([domain.frames, domain.out_of_domain], device=ctx.device), ctx)
+        frames, out_of_domain = (int(v) for v in counts.cpu())
+        domain_summary.update(frames=frames, out_of_domain=out_of_domain, share_out_of_domain=out_of_domain /
+                              max(frames, 1), score_mean=None, score_max=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        results_by_method = {m: e.compute() for m, e in evaluators.items()}
-    benchmark = {m: benchmark_metrics(evaluators[m], c) for m, c in components.items()}
+        results_by_method = {m: e.all.compute() for m, e in evaluators.items()}
+        in_domain_by_method = {m: e.in_domain.compute() if e.split else results_by_method[m]
+                               for m, e in evaluators.items() if e.in_domain is not None}
+    benchmark = {m: benchmark_metrics(evaluators[m].all, c) for m, c in components.items()}
     for c in components.values():
         c.close()
     miou, per_class = confusion_to_iou(conf) if same_classes else (float("nan"), [])
@@ -197,6 +216,11 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
         },
         "methods": {m: {"per_image": r["per_image"], "pooled": r["pooled"], "efpr": r["efpr"], "cfpr": r["cfpr"]}
                     for m, r in results_by_method.items()},
+        # the out-of-domain alarm: share of frames out of domain, and the metrics over the in-domain frames only
+        "domain": domain_summary,
+        "methods_in_domain": {m: {"per_image": r["per_image"], "pooled": r["pooled"], "efpr": r["efpr"],
+                                  "cfpr": r["cfpr"], "num_images": r["num_images"]}
+                              for m, r in in_domain_by_method.items()},
         "segmentation": {"miou": miou, "per_class_iou": per_class,
                          "pixel_acc": float(conf.diag().sum() / conf.sum().clamp_min(1))} if same_classes else None,
         "benchmark": benchmark or None,
@@ -208,7 +232,7 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
         "per_image_skipped": first["per_image"]["skipped_images"],
         "pooled_method": first["pooled"].get("method"),
     }
-    for m in results["methods"].values():
+    for m in (*results["methods"].values(), *results["methods_in_domain"].values()):
         m["pooled"].pop("histogram", None)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -227,6 +251,7 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
         print(report.markdown_table(results))
         if benchmark:
             print(report.benchmark_section(results))
+        print(report.domain_section(results).split("\n", 2)[2])  # the alarm's line and the in-domain table
         if same_classes:
             print(f"teacher mIoU (known classes) {100 * miou:.2f} %")
         speed = results["speed"]

@@ -1,4 +1,5 @@
-"""`dicnet export`: a checkpoint -> ONE ONNX graph (uint8 image in, anomaly score + class ids + baselines out).
+"""`dicnet export`: a checkpoint -> ONE ONNX graph (uint8 image in, anomaly score + class ids + baselines out, and
+the image-level out-of-domain score when the checkpoint has a domain head).
 
 Preprocessing (resize to the fixed network size, normalise, pad) and the score/upsampling are traced from the
 same torch functions the training and the torch backend use, so no runtime re-implements them. The network
@@ -18,6 +19,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,7 +49,9 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_score", "semantic_labels", "msp_score", "maxlogit_score")
-GraphOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # in OUTPUT_NAMES order
+DOMAIN_OUTPUT = "domain_score"  # (N,) float32, only when the model has a domain head (model/domain.py)
+DOMAIN_STATISTICS = "domain_statistics"  # separate graphs: the teacher graph's image-level statistics -> score graph
+GraphOutputs = tuple[torch.Tensor, ...]  # in ``output_names`` order
 SEPARATE_FORMAT = "dicnet-separate/1"
 MIN_OPSET = 17
 FP32_PARITY_RTOL = 1e-4
@@ -60,14 +64,20 @@ class ExportError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- wrappers
+def output_names(model: DiCNet) -> list[str]:
+    """The fused / score graph's outputs: the maps, and the domain score when the model has a domain head."""
+    return [*OUTPUT_NAMES, *((DOMAIN_OUTPUT,) if model.domain_head is not None else ())]
+
+
 def graph_outputs(out: DiCNetOutput) -> GraphOutputs:
-    """The maps a graph returns, in ``OUTPUT_NAMES`` order: the fused and the score graph stay alike."""
-    return out.anomaly_score, out.semantic_labels.to(torch.uint8), out.msp_score, out.maxlogit_score
+    """What a graph returns, in ``output_names`` order: the fused and the score graph stay alike."""
+    maps = (out.anomaly_score, out.semantic_labels.to(torch.uint8), out.msp_score, out.maxlogit_score)
+    return maps if out.domain_score is None else (*maps, out.domain_score.float())
 
 
 class FusedGraph(nn.Module):
     """image uint8 (N, H, W, 3) -> anomaly_score float32, semantic_labels uint8, msp_score float32,
-    maxlogit_score float32 (N, H', W').
+    maxlogit_score float32 (N, H', W') [, domain_score float32 (N,)].
 
     fp32 calls ``DiCNet.forward`` itself (the one definition); fp16 runs the two branches in half precision
     and post-processes in fp32 with the same ``DiCNet.outputs``, so input stays uint8 and the score float32.
@@ -89,22 +99,27 @@ class FusedGraph(nn.Module):
             t = m.teacher(x)
             s = m.student(x)
             size = None if self.network_resolution else tuple(image.shape[1:3])
-            out = m.outputs(t.feature.float(), s.float(), t.logits, size, self.labels)
+            stats = m.domain_statistics(x, t) if m.domain_head is not None else None
+            out = m.outputs(t.feature.float(), s.float(), t.logits, size, self.labels, stats)
         return graph_outputs(out)
 
 
 class TeacherGraph(nn.Module):
-    """image -> (teacher_feature, teacher_logits) at feature resolution (the segmentation branch)."""
+    """image -> (teacher_feature, teacher_logits) at feature resolution (the segmentation branch), and the
+    image-level domain statistics (N, 3 + D) when the model has a domain head."""
 
     def __init__(self, model: DiCNet, fp16: bool = False):
         super().__init__()
         self.model = model
         self.fp16 = fp16
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.model.network_input(image)
-        t = self.model.teacher(x.half() if self.fp16 else x)
-        return t.feature.float(), t.logits.float()
+        x = x.half() if self.fp16 else x
+        t = self.model.teacher(x)
+        if self.model.domain_head is None:
+            return t.feature.float(), t.logits.float()
+        return t.feature.float(), t.logits.float(), self.model.domain_statistics(x, t)
 
 
 class StudentGraph(nn.Module):
@@ -134,6 +149,16 @@ class ScoreGraph(nn.Module):
                 image: torch.Tensor) -> GraphOutputs:
         size = None if self.network_resolution else tuple(image.shape[1:3])
         return graph_outputs(self.model.outputs(teacher_feature, student_feature, teacher_logits, size, self.labels))
+
+
+class DomainScoreGraph(ScoreGraph):
+    """The score graph of a model with a domain head: the teacher graph's ``domain_statistics`` come in too."""
+
+    def forward(self, teacher_feature: torch.Tensor, student_feature: torch.Tensor,  # type: ignore[override]
+                teacher_logits: torch.Tensor, domain_statistics: torch.Tensor, image: torch.Tensor) -> GraphOutputs:
+        size = None if self.network_resolution else tuple(image.shape[1:3])
+        return graph_outputs(self.model.outputs(teacher_feature, student_feature, teacher_logits, size, self.labels,
+                                                domain_statistics))
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -246,6 +271,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
     export_model = copy.deepcopy(model).half() if opts.fp16 else model
     export_model.mu_c.data = model.mu_c.data.float().clone()  # the score is computed in fp32
     export_model.fusion_norm.data = model.fusion_norm.data.float().clone()
+    if export_model.domain_head is not None:  # so is the domain score
+        export_model.domain_head.float()
     example = _example_input(model, opts)
     dyn = {INPUT_NAME: {0: "batch", 1: "height", 2: "width"}} if opts.dynamic else {}
     start = time.perf_counter()
@@ -253,7 +280,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
         raise ExportError(f"labels must be one of {', '.join(LABEL_MODES)}, got {opts.labels!r}")
     fp32_out = out.with_name(out.stem + ".fp32_tmp.onnx") if opts.int8 is not None else out
     exporter = _onnx_export(FusedGraph(export_model, opts.network_resolution, opts.fp16, opts.labels), (example,),
-                            fp32_out, [INPUT_NAME], list(OUTPUT_NAMES), dyn, opts.opset)
+                            fp32_out, [INPUT_NAME], output_names(model), dyn, opts.opset)
     in_size = None if opts.dynamic else list(opts.input_size or (pre.width, pre.height))
     export_info = {
         "form": "fused",
@@ -268,7 +295,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
         "inputs": {INPUT_NAME: "uint8 (N, H, W, 3) RGB"},
         "outputs": {"anomaly_score": "float32 (N, H, W)", "semantic_labels": "uint8 (N, H, W)",
                     "msp_score": "float32 (N, H, W), 1 - max softmax of the teacher (baseline)",
-                    "maxlogit_score": "float32 (N, H, W), -max logit of the teacher (MaxLogit baseline)"},
+                    "maxlogit_score": "float32 (N, H, W), -max logit of the teacher (MaxLogit baseline)",
+                    **({DOMAIN_OUTPUT: "float32 (N,), out-of-domain score in standard deviations of the calibration "
+                                       "images (above domain_threshold: out of domain)"}
+                       if model.domain_head is not None else {})},
         "checkpoint_sha256": _sha256(checkpoint),
         "torch_version": torch.__version__,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -307,20 +337,22 @@ def export_separate(model: DiCNet, export_model: DiCNet, meta: ModelMetadata, ou
     folder.mkdir(parents=True, exist_ok=True)
     example = _example_input(model, opts)
     with torch.no_grad():
-        t_feat, t_logits = TeacherGraph(export_model, opts.fp16)(example)
+        teacher_out = TeacherGraph(export_model, opts.fp16)(example)
         s_feat = StudentGraph(export_model, opts.fp16)(example)
     img_dyn = {0: "batch", 1: "height", 2: "width"} if opts.dynamic else {}
     feat_dyn = {0: "batch"} if opts.dynamic else {}
+    domain = [DOMAIN_STATISTICS] if model.domain_head is not None else []  # teacher graph -> score graph
+    score_graph = (DomainScoreGraph if domain else ScoreGraph)(model, opts.network_resolution, opts.labels)
     specs = {
         "teacher": (TeacherGraph(export_model, opts.fp16), (example,), [INPUT_NAME],
-                    ["teacher_feature", "teacher_logits"], {INPUT_NAME: img_dyn}),
+                    ["teacher_feature", "teacher_logits", *domain], {INPUT_NAME: img_dyn}),
         "student": (StudentGraph(export_model, opts.fp16), (example,), [INPUT_NAME], ["student_feature"],
                     {INPUT_NAME: img_dyn}),
         # the score graph is fp32: it is tiny and the score must not lose precision
-        "score": (ScoreGraph(model, opts.network_resolution, opts.labels), (t_feat, s_feat, t_logits, example),
-                  ["teacher_feature", "student_feature", "teacher_logits", INPUT_NAME], list(OUTPUT_NAMES),
+        "score": (score_graph, (teacher_out[0], s_feat, teacher_out[1], *teacher_out[2:], example),
+                  ["teacher_feature", "student_feature", "teacher_logits", *domain, INPUT_NAME], output_names(model),
                   {"teacher_feature": feat_dyn, "student_feature": feat_dyn, "teacher_logits": feat_dyn,
-                   INPUT_NAME: img_dyn}),
+                   **{name: feat_dyn for name in domain}, INPUT_NAME: img_dyn}),
     }
     graphs: dict[str, str] = {}
     for role, (module, args, inputs, outputs, dyn) in specs.items():
@@ -379,20 +411,30 @@ def check_parity(model: DiCNet, onnx_path: Path, images: list[np.ndarray], opts:
 
     ort_model = OrtModel(onnx_path, device="cpu")
     rtol = INT8_PARITY_RTOL if opts.int8 is not None else (FP16_PARITY_RTOL if opts.fp16 else FP32_PARITY_RTOL)
-    worst, agreement = 0.0, 1.0
+    worst, agreement, domain_error = 0.0, 1.0, None
     for image in images:
         with torch.no_grad():
             ref = model(torch.from_numpy(image)[None], network_resolution=opts.network_resolution, labels=opts.labels)
-        score, labels, _ = ort_model._run(image)
+        result = ort_model.infer(image)
         ref_score = ref.anomaly_score[0].numpy()
         ref_labels = ref.semantic_labels
-        rel = float(np.abs(score - ref_score).max() / max(float(np.abs(ref_score).max()), 1e-12))
+        rel = float(np.abs(result.anomaly_score - ref_score).max() / max(float(np.abs(ref_score).max()), 1e-12))
         worst = max(worst, rel)
-        agreement = min(agreement, float((labels == ref_labels[0].numpy()).mean()))
-    report = {"images": len(images), "max_rel_error": worst, "rtol": rtol, "min_label_agreement": agreement}
+        agreement = min(agreement, float((result.semantic_labels == ref_labels[0].numpy()).mean()))
+        if ref.domain_score is not None:  # in standard deviations: compared absolutely, relative to max(1, |ref|)
+            reference = float(ref.domain_score[0])
+            error = abs((result.domain_score if result.domain_score is not None else math.inf) - reference)
+            domain_error = max(domain_error or 0.0, error / max(1.0, abs(reference)))
+    report = {"images": len(images), "max_rel_error": worst, "rtol": rtol, "min_label_agreement": agreement,
+              **({"max_domain_error": domain_error} if domain_error is not None else {})}
     log.info("parity %s: %s", onnx_path.name, report)
     if worst > rtol:
         raise ExportError(f"{onnx_path}: ONNX Runtime differs from PyTorch by {worst:.3g} relative (> {rtol:g})")
+    # INT8 moves the features the domain score summarises, most on images unlike the calibration images (random
+    # parity images are): its alarm is measured on real data instead (models/README.md), the error only recorded
+    if domain_error is not None and domain_error > rtol and opts.int8 is None:
+        raise ExportError(f"{onnx_path}: ONNX Runtime's domain score differs from PyTorch's by {domain_error:.3g} "
+                          f"(> {rtol:g})")
     return report
 
 

@@ -181,6 +181,32 @@ def _in_networks(node: Any) -> bool:
     return "model.teacher" in scopes or "model.student" in scopes
 
 
+DOMAIN_OUTPUT = "domain_score"
+
+
+def domain_only_nodes(graph: Any) -> set[str]:
+    """Names of the nodes that feed the ``domain_score`` output and no other output: the domain head, which stays
+    float (a handful of reductions and a small matrix product on image-level statistics; quantizing them would cost
+    precision where the score divides by small calibration spreads, and save nothing)."""
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def ancestors(names: list[str]) -> set[str]:
+        seen: set[str] = set()
+        stack = [producer[n] for n in names if n in producer]
+        while stack:
+            node = stack.pop()
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            stack += [producer[i] for i in node.input if i in producer]
+        return seen
+
+    outputs = [o.name for o in graph.output]
+    if DOMAIN_OUTPUT not in outputs:
+        return set()
+    return ancestors([DOMAIN_OUTPUT]) - ancestors([o for o in outputs if o != DOMAIN_OUTPUT])
+
+
 def quantizable_nodes(model_path: Path) -> tuple[dict[str, str], list[str]]:
     """(Conv node name -> the PyTorch module it came from, the other nodes quantized with them).
 
@@ -188,15 +214,19 @@ def quantizable_nodes(model_path: Path) -> tuple[dict[str, str], list[str]]:
     are quantized too, so ONNX Runtime keeps whole blocks in int8 instead of converting at every op (measured on
     the shipped model at 640x360: convolutions only 16.3 ms, with the rest 13.4 ms; FP32 22.4 ms) and folds the
     ReLUs into the quantisation, which also halves the score error. Preprocessing and scoring stay float: an Add
-    with a constant input (the normalisation) would cost more quantized than it saves.
+    with a constant input (the normalisation) would cost more quantized than it saves. So does the domain head
+    (``domain_only_nodes``).
     """
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     constants = {init.name for init in graph.initializer}
     constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    domain_head = domain_only_nodes(graph)
     layers, others = {}, []
     for node in graph.node:
+        if node.name in domain_head:
+            continue
         if node.op_type == "Conv":
             weight = node.input[1]
             name = weight[len("model."):] if weight.startswith("model.") else weight

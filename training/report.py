@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from dicnet_ros.metrics.domain import summary_line
+
 METHOD_TITLES = {
     "dicnet_paper": "DiCNet (paper: Eq. 7 with mu_c)",
     "dicnet_code": "DiCNet (code: mean_c D^2)",
@@ -87,8 +89,21 @@ mIoU {_pct(seg['miou'])} %, pixel accuracy {_pct(seg['pixel_acc'])} %.
 """
 
 
+def domain_section(results: dict[str, Any]) -> str:
+    """The out-of-domain alarm: share of frames out of domain and the table over the in-domain frames only."""
+    summary = results.get("domain") or {"available": False}
+    lines = ["## Out-of-domain alarm", "", summary_line(summary)]
+    in_domain = results.get("methods_in_domain") or {}
+    if in_domain:
+        frames = summary["frames"] - summary["out_of_domain"]
+        lines += ["", f"In-domain frames only ({frames} of {summary['frames']}; all numbers in %):", "",
+                  markdown_table({**results, "methods": in_domain})]
+    return "\n".join(lines)
+
+
 def markdown_report(results: dict[str, Any]) -> str:
-    """Full report.md: provenance, the table, segmentation quality, speed, protocol notes."""
+    """Full report.md: provenance, the table, the out-of-domain alarm, segmentation quality, speed, protocol
+    notes."""
     info = results["info"]
     benchmark = benchmark_section(results) if results.get("benchmark") else ""
     return f"""# DiCNet evaluation
@@ -116,6 +131,8 @@ of D^2 (official code). Min-max rows (if any) normalise each image's map to [0, 
 it leaves per-image numbers unchanged and changes pooled ones.
 
 {benchmark}
+{domain_section(results)}
+
 {_segmentation_section(results)}"""
 
 

@@ -14,6 +14,7 @@ from dicnet_ros.bag.families import group_order
 from dicnet_ros.bag.messages import BagError
 from dicnet_ros.data.label_encoding import ANOMALY, VOID
 from dicnet_ros.metrics import DEFAULT_EXACT_PIXEL_LIMIT, AnomalyEvaluator, ComponentEvaluator, benchmark_metrics
+from dicnet_ros.metrics.domain import DomainSplitEvaluator
 
 DICNET = "dicnet"
 #: Baseline maps a model may return in ``InferenceResult.extras`` (higher = more anomalous), in report order.
@@ -76,7 +77,9 @@ class MetricsAccumulator:
     threshold, and the same per (method, anomaly family) for frames whose stamp ``frame_groups`` names.
 
     Family evaluators share the overall one's exact pixel budget between them, so reporting per family at most
-    doubles the memory; past it they fall back to their histograms like the overall one does.
+    doubles the memory; past it they fall back to their histograms like the overall one does. Frames the model's
+    out-of-domain alarm flags count in the overall metrics and are left out of the in-domain ones
+    (``DomainSplitEvaluator``).
     """
 
     def __init__(self, score_range: tuple[float, float], frame_groups: Mapping[int, str] | None = None,
@@ -87,7 +90,8 @@ class MetricsAccumulator:
         self.components: dict[str, ComponentEvaluator] = {}
         self.frame_groups = dict(frame_groups or {})
         self.ranges: dict[str, tuple[float, float]] = {}
-        self.evaluators: dict[str, AnomalyEvaluator] = {}
+        self.evaluators: dict[str, AnomalyEvaluator] = {}  # all frames
+        self.domain_splits: dict[str, DomainSplitEvaluator] = {}  # the same + the in-domain frames only
         self.family_evaluators: dict[str, dict[str, AnomalyEvaluator]] = {}  # group -> method -> evaluator
         self.family_pixel_limit = DEFAULT_EXACT_PIXEL_LIMIT // max(1, len(set(self.frame_groups.values())))
         self.mask_counts = np.zeros(4, np.int64)  # tp, fp, fn, tn of the thresholded DiCNet mask
@@ -99,9 +103,10 @@ class MetricsAccumulator:
                                 exact_pixel_limit=exact_pixel_limit)
 
     def update(self, scores: Mapping[str, np.ndarray], gt: np.ndarray, mask: np.ndarray | None = None,
-               stamp: int | None = None) -> None:
+               stamp: int | None = None, in_domain: bool | None = None) -> None:
         """Add one frame; ``gt`` is the evaluation label (``LabelEncoding.apply``: 1 anomaly, 0 normal, 255 void);
-        ``stamp`` (header stamp, ns) puts it into its family's group as well."""
+        ``stamp`` (header stamp, ns) puts it into its family's group as well; ``in_domain`` is the out-of-domain
+        alarm's verdict (None: no alarm)."""
         group = self.frame_groups.get(stamp) if stamp is not None else None
         for name, score in scores.items():
             if score.shape != gt.shape:
@@ -109,8 +114,9 @@ class MetricsAccumulator:
                                f"{gt.shape[1]}x{gt.shape[0]}")
             if name not in self.evaluators:
                 self.ranges[name] = method_score_range(name, score, self.score_range)
-                self.evaluators[name] = self._evaluator(name)
-            self.evaluators[name].update(score, gt)
+                self.domain_splits[name] = DomainSplitEvaluator(lambda name=name: self._evaluator(name))
+                self.evaluators[name] = self.domain_splits[name].all
+            self.domain_splits[name].update(score, gt, None, in_domain)
             if self.track is not None:
                 if name not in self.components:
                     self.components[name] = ComponentEvaluator(self.track)
@@ -129,11 +135,16 @@ class MetricsAccumulator:
 
     def compute(self) -> dict[str, Any]:
         """{'dicnet': evaluator.compute(), 'msp' / 'maxlogit': ... or None, 'mask_at_threshold': {...},
+        'in_domain': {method: ...} (only with an out-of-domain alarm: the in-domain frames' metrics),
         'by_family': {group: {'num_frames': n, 'dicnet': ..., 'msp': ..., 'maxlogit': ...}}} ({} without
         family information)."""
         out: dict[str, Any] = {name: ev.compute() for name, ev in self.evaluators.items()}
         for name in BASELINES:
             out.setdefault(name, None)
+        in_domain = {name: split.in_domain.compute() if split.split else out[name]
+                     for name, split in self.domain_splits.items() if split.in_domain is not None}
+        if in_domain:
+            out["in_domain"] = in_domain
         if self.has_mask:
             tp, fp, fn, tn = (int(x) for x in self.mask_counts)
             out["mask_at_threshold"] = {

@@ -68,6 +68,7 @@ from dicnet_ros.bag.write import (
     staged_output,
 )
 from dicnet_ros.data.label_encoding import LabelEncoding
+from dicnet_ros.metrics.domain import DomainTally
 from dicnet_ros.ros_names import validate_namespace
 
 log = logging.getLogger(__name__)
@@ -350,6 +351,7 @@ def _evaluate_stream(
     baseline_of = {cid: method for method, (_, ids, _) in topics.baselines.items() for cid in ids}
     baseline_seen = dict.fromkeys(topics.baselines, 0)
     strip = _Strip(topics.total, strip_frames)
+    domain = DomainTally(model.domain_threshold if model is not None else None)  # the out-of-domain alarm
     infer_ms: list[float] = []
     frame_ms: list[float] = []
     frames = gt_seen = 0
@@ -384,7 +386,7 @@ def _evaluate_stream(
                         for matcher in matchers.values():
                             pair = matcher.add("gt", key, gt)
                             if pair is not None:
-                                acc.update(pair[0][0], pair[1], pair[0][1], key)
+                                acc.update(pair[0][0], pair[1], pair[0][1], key, pair[0][2])
                 gt_seen += 1
             if conn.id in baseline_of:
                 method = baseline_of[conn.id]
@@ -394,7 +396,7 @@ def _evaluate_stream(
                 stamp = stamp_to_ns(msg.header.stamp)
                 with about_frame(topic, index, stamp):
                     baseline = _decode_score(msg)
-                    pair = matchers[method].add("score", stamp, ({method: baseline}, None)) \
+                    pair = matchers[method].add("score", stamp, ({method: baseline}, None, None)) \
                         if stamp in paired_frames else None
                     if pair is not None:
                         acc.update(pair[0][0], pair[1], pair[0][1], stamp)
@@ -409,6 +411,7 @@ def _evaluate_stream(
                 with about_frame(topics.main, frames, stamp):
                     rgb = image_msg_rgb(msg, topics.main_type)
                 res = model.infer(rgb)
+                verdict = domain.add(res.domain_score)
                 infer_ms.append(float(res.timings_ms.get("inference", res.timings_ms.get("total", math.nan))))
                 score = np.asarray(res.anomaly_score, np.float32)
                 mask = np.asarray(res.anomaly_mask, bool)
@@ -421,22 +424,23 @@ def _evaluate_stream(
                         writer.write(out_conns[name], timestamp,
                                      ts.serialize_cdr(array_to_bag_image(arr, enc, stamp, frame_id), IMAGE_TYPE))
                 if frames in strip.wanted:
-                    strip.add(frames, stamp, {"image": rgb, "score": colorize_score(score, lo, hi), "overlay": over})
+                    strip.add(frames, stamp, {"image": rgb, "score": colorize_score(score, lo, hi), "overlay": over},
+                              (res.domain_score, verdict))
                 frame_ms.append((time.perf_counter() - start) * 1e3)
             else:
                 with about_frame(topics.main, frames, stamp):
                     score = _decode_score(msg)
-                mask = None
+                mask = verdict = None
                 scores = {DICNET: score}
                 if frames in strip.wanted:
                     strip.add(frames, stamp, {"score": colorize_score(score, lo, hi)})
             frames += 1
             bar.update(1)
             if stamp in paired_frames:
-                pair = matchers[DICNET].add("score", stamp, (scores, mask))
+                pair = matchers[DICNET].add("score", stamp, (scores, mask, verdict))
                 if pair is not None:
                     with about_frame(topics.main, frames - 1, stamp):
-                        acc.update(pair[0][0], pair[1], pair[0][1], stamp)
+                        acc.update(pair[0][0], pair[1], pair[0][1], stamp, pair[0][2])
     short = [f"{seen} of {topics.baselines[m][2]} messages on {bounded(topics.baselines[m][0])}"
              for m, seen in baseline_seen.items() if seen != topics.baselines[m][2]]
     if frames != topics.total or gt_seen != topics.expected_gt or short:
@@ -466,6 +470,7 @@ def _evaluate_stream(
         "num_evaluated": evaluated,
         "unmatched": unmatched,
         "metrics": metrics,
+        "domain": domain.summary(),
         "latency": {"inference": latency_summary(infer_ms), "per_frame_total": latency_summary(frame_ms)},
         "output_bag": out_bag.name if out_bag is not None else None,
         "output_topics": {f"{ns}/{n}": e for n, e in (("anomaly_score", "32FC1"), ("anomaly_mask", "mono8"),

@@ -16,6 +16,7 @@ from dicnet_ros.bag.accumulate import BASELINE_TOPIC_NAMES, BASELINES, DICNET, M
 from dicnet_ros.bag.ground_truth import GroundTruth
 from dicnet_ros.bag.integrity import Integrity
 from dicnet_ros.data.label_encoding import ANOMALY, VOID
+from dicnet_ros.metrics.domain import summary_line
 
 # ------------------------------------------------------------------------------------------ report & plots
 
@@ -104,6 +105,12 @@ def render_report(meta: Mapping[str, Any], ground_truth: GroundTruth | None = No
         missing = _missing_baselines(meta, metrics)
         if missing:
             lines += ["", *missing]
+        if metrics.get("in_domain"):
+            domain = meta.get("domain") or {}
+            frames = (domain.get("frames") or 0) - (domain.get("out_of_domain") or 0)
+            lines += ["", f"In-domain frames only ({frames} of {domain.get('frames')} frames; out-of-domain alarm "
+                          "below):", "", "| method | protocol | AUROC ↑ | AUPR ↑ | FPR95 ↓ |", "|---|---|---|---|---|",
+                      *_metric_rows([], metrics["in_domain"])]
         at = metrics.get("mask_at_threshold")
         if at:
             lines += ["", f"Mask at the threshold: precision {format_pct(at['precision'])}, recall "
@@ -118,6 +125,8 @@ def render_report(meta: Mapping[str, Any], ground_truth: GroundTruth | None = No
                       "threshold."]
         if metrics.get("by_family"):
             lines += _family_table(metrics["by_family"])
+    if meta.get("model"):
+        lines += ["", "## Out-of-domain alarm", "", summary_line(meta.get("domain") or {"available": False})]
     lat = meta.get("latency", {})
     lines += ["", "## Latency", "", "| stage | p50 ms | p95 ms | mean ms | FPS |", "|---|---|---|---|---|"]
     for stage, vals in lat.items():
@@ -153,9 +162,11 @@ class _Strip:
         self.wanted: set[int] = {int(i) for i in picks}
         self.rows: dict[int, dict[str, Any]] = {}
 
-    def add(self, index: int, stamp: int, tiles: dict[str, np.ndarray]) -> None:
+    def add(self, index: int, stamp: int, tiles: dict[str, np.ndarray],
+            domain: tuple[float | None, bool | None] = (None, None)) -> None:
+        """Keep a wanted frame's tiles; ``domain`` = (domain score, in domain) marks out-of-domain frames."""
         if index in self.wanted:
-            self.rows[stamp] = {"index": index, **tiles}
+            self.rows[stamp] = {"index": index, **tiles, "domain": domain}
 
     def add_gt(self, stamp: int, gt: np.ndarray) -> None:
         if stamp in self.rows:
@@ -222,6 +233,16 @@ def write_strip(strip: _Strip, path: Path) -> None:
                 if r == 0:
                     ax.set_title(titles[col])
             axes[r][0].text(-0.02, 0.5, f"#{row['index']}", transform=axes[r][0].transAxes, ha="right", va="center")
+            score, in_domain = row.get("domain", (None, None))
+            if in_domain is False:  # the alarm: a red frame round the row and what it said
+                for ax in axes[r]:
+                    ax.axis("on")
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    for spine in ax.spines.values():
+                        spine.set(color="red", linewidth=3)
+                axes[r][0].set_xlabel(f"OUT OF DOMAIN (score {score:.1f})", color="red", fontsize=8,
+                                      fontweight="bold")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
     finally:

@@ -47,9 +47,37 @@ def randomize_batchnorm(model, seed: int = 0) -> None:
                 m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
 
 
+def smooth_random_images(count: int, height: int, width: int, generator) -> Any:
+    """(count, height, width, 3) uint8 images of random colour blobs: random, but not white noise, so image-level
+    statistics vary between them as between camera frames."""
+    import torch
+    import torch.nn.functional as F
+
+    coarse = torch.rand(count, 3, max(2, height // 16), max(2, width // 16), generator=generator) * 255.0
+    smooth = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    return smooth.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def fit_random_domain_head(model, generator, images: int = 24) -> None:
+    """Give ``model`` an out-of-domain head fitted on smooth random images (2/3 to fit, 1/3 to standardise on)."""
+    import torch
+
+    from dicnet_ros.model.domain import DEFAULT_RANK, DomainHead
+
+    pre = model.preprocess_config
+    with torch.no_grad():
+        x = model.network_input(smooth_random_images(images, pre.height, pre.width, generator))
+        stats = model.domain_statistics(x, model.teacher(x))
+    fit = images * 2 // 3
+    head = DomainHead(model.domain_feature_count, min(DEFAULT_RANK, fit - 2))
+    head.fit(stats[:fit], stats[fit:])
+    model.domain_head = head
+
+
 def random_checkpoint(path: str | Path, preset: str | dict[str, Any] = "tiny", network_size: tuple[int, int] = (96, 64),
-                      num_classes: int = 5, seed: int = 0) -> Path:
-    """Build, randomise, calibrate (threshold = median score on a random image) and save a student checkpoint.
+                      num_classes: int = 5, seed: int = 0, domain_head: bool = True) -> Path:
+    """Build, randomise, calibrate (threshold = median score on a random image; out-of-domain head fitted on random
+    images unless ``domain_head`` is False) and save a student checkpoint.
 
     ``network_size`` is (width, height). Returns the checkpoint path.
     """
@@ -57,6 +85,7 @@ def random_checkpoint(path: str | Path, preset: str | dict[str, Any] = "tiny", n
 
     from dicnet_ros.model import ModelConfig, build_dicnet
     from dicnet_ros.model.checkpoint import save_checkpoint
+    from dicnet_ros.model.domain import DEFAULT_DOMAIN_THRESHOLD
     from dicnet_ros.preprocessing import PreprocessConfig
 
     torch.manual_seed(seed)
@@ -72,12 +101,15 @@ def random_checkpoint(path: str | Path, preset: str | dict[str, Any] = "tiny", n
         score = model(image).anomaly_score
     threshold = float(score.median())
     mu_c = [float(v) for v in model.mu_c]
+    if domain_head:
+        fit_random_domain_head(model, gen)
     metadata = ModelMetadata(
         class_names=[f"class_{i}" for i in range(num_classes)],
         preprocess=pre.to_dict(),
         scoring_mode=cfg.scoring_mode,
         teacher_norm=cfg.teacher_norm,
         threshold=threshold,
+        domain_threshold=DEFAULT_DOMAIN_THRESHOLD if domain_head else None,
         calibration={"mu_c": mu_c, "score_stats": {"p50": threshold, "p999": float(score.max())},
                      "note": "random weights"},
         model_config=cfg.to_dict(),
@@ -91,4 +123,6 @@ def random_checkpoint(path: str | Path, preset: str | dict[str, Any] = "tiny", n
         "student": model.student.state_dict(),
         "mu_c": mu_c,
     }
+    if model.domain_head is not None:
+        payload["domain_head"] = {k: v.detach().clone() for k, v in model.domain_head.state_dict().items()}
     return save_checkpoint(path, payload)

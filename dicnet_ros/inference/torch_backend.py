@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicnet_ros.inference.base import AnomalyModel, BackendUnavailableError, ModelLoadError
+from dicnet_ros.inference.base import DOMAIN_KEY, AnomalyModel, BackendUnavailableError, ModelLoadError
 from dicnet_ros.inference.graphs import check_file, is_checkpoint
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ class TorchModel(AnomalyModel):
         for i in range(len(batch)):
             extras = {name: baseline[i].float().cpu().numpy()
                       for name, baseline in (("msp", out.msp_score), ("maxlogit", out.maxlogit_score))}
+            if out.domain_score is not None:
+                extras[DOMAIN_KEY] = out.domain_score[i].float().cpu().numpy()
             results.append((out.anomaly_score[i].float().cpu().numpy(),
                             out.semantic_labels[i].to(torch.uint8).cpu().numpy(), extras))
         return results

@@ -7,6 +7,9 @@ A checkpoint is a ``torch.save`` dict:
     metadata          ModelMetadata as a dict (classes, preprocess, scoring mode, threshold, calibration ...)
     teacher, student  state dicts (student may be None after teacher training)
     mu_c              list[float] or None (also inside the state of the pair)
+    outlier_head      optional: state dict of the outlier head (``dicnet fit-outlier-head``)
+    domain_head       optional: state dict of the fitted out-of-domain head (``dicnet calibrate``, model/domain.py);
+                      without it the model has no domain score
     train_state       optional: epoch, step, optimizer / scheduler / scaler / RNG states, best metric (resume)
 """
 
@@ -22,6 +25,7 @@ import torch
 from dicnet_ros.integrity import DIGEST_KEY, tensors_digest
 from dicnet_ros.metadata import MetadataError, ModelMetadata
 from dicnet_ros.model.dicnet import DiCNet, ModelConfig, build_dicnet
+from dicnet_ros.model.domain import domain_head_from_state
 
 CHECKPOINT_FORMAT = "dicnet-checkpoint/1"
 
@@ -100,7 +104,12 @@ def model_from_checkpoint(path: str | Path, require_student: bool = True) -> tup
                 raise CheckpointError(f"{path}: score_fusion 'outlier_maxlogit' but no outlier head in the checkpoint; "
                                       "run `dicnet fit-outlier-head` on it")
             model.outlier_head.load_state_dict(data["outlier_head"])
-    except RuntimeError as exc:
+        if data.get("domain_head") is not None:
+            model.domain_head = domain_head_from_state(data["domain_head"])
+            if model.domain_head.num_features != model.domain_feature_count:
+                raise CheckpointError(f"{path}: the domain head scores {model.domain_head.num_features} feature "
+                                      f"statistics, the model has {model.domain_feature_count}; calibrate again")
+    except (RuntimeError, KeyError, ValueError) as exc:
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(f"{path}: weights do not match the model config ({exc})") from exc

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dicnet_ros.model.backbones import build_backbone
+from dicnet_ros.model.domain import DomainHead, domain_statistics
 from dicnet_ros.model.pyramid_pooling import PyramidPooling
 from dicnet_ros.model.scoring import (
     SCORE_FUSIONS,
@@ -85,6 +86,7 @@ class TeacherOutput(NamedTuple):
     feature: torch.Tensor  # (N, C, h, w): the distillation target (normalised, pre-ReLU)
     logits: torch.Tensor  # (N, K, h, w) at feature resolution
     aux_logits: torch.Tensor | None
+    levels: tuple[torch.Tensor, ...] = ()  # the backbone's last two stages (layer3, layer4): domain statistics
 
 
 class Teacher(nn.Module):
@@ -125,7 +127,7 @@ class Teacher(nn.Module):
         else:
             feature = bn_out
         aux = self.aux(aux_feat) if (self.aux is not None and self.training) else None
-        return TeacherOutput(feature, logits, aux)
+        return TeacherOutput(feature, logits, aux, (aux_feat, feat))
 
 
 class Student(nn.Module):
@@ -152,13 +154,15 @@ class DiCNetOutput(NamedTuple):
     logits: torch.Tensor  # (N, K, h, w) teacher logits at feature resolution (for baselines)
     msp_score: torch.Tensor  # (N, H, W) float32, 1 - max softmax of the teacher (the classic baseline)
     maxlogit_score: torch.Tensor  # (N, H, W) float32, -max logit of the teacher (MaxLogit baseline)
+    domain_score: torch.Tensor | None = None  # (N,) float32 out-of-domain score (model/domain.py); None: no head
 
 
 class DiCNet(nn.Module):
     """Teacher + student + score, taking camera images (uint8, N x H x W x 3, RGB) straight in.
 
     ``mu_c`` (paper Eq. 7) and ``fusion_norm`` (the in-distribution mean / std of the discrepancy and of MaxLogit)
-    are buffers filled by calibration, so they travel with the weights into ONNX.
+    are buffers filled by calibration, so they travel with the weights into ONNX. So does the out-of-domain head
+    (``domain_head``, model/domain.py), which exists once ``dicnet calibrate`` has fitted it.
     """
 
     def __init__(self, cfg: ModelConfig, preprocess_config: PreprocessConfig):
@@ -172,6 +176,7 @@ class DiCNet(nn.Module):
         # the outlier-exposed copy of the teacher's classifier whose MaxLogit the "outlier_maxlogit" fusion uses
         self.outlier_head = (nn.Conv2d(cfg.feature_channels, cfg.num_classes, 1)
                              if cfg.score_fusion == "outlier_maxlogit" else None)
+        self.domain_head: DomainHead | None = None
 
     @property
     def scoring_mode(self) -> str:
@@ -221,39 +226,56 @@ class DiCNet(nn.Module):
         x = self.network_input(images)
         return self.teacher(x), self.student(x)
 
+    @property
+    def domain_feature_count(self) -> int:
+        """How many feature statistics ``domain_statistics`` gives after the pixel statistics."""
+        backbone = self.teacher.backbone
+        return backbone.aux_channels + backbone.out_channels + 2 * self.config.feature_channels
+
+    def domain_statistics(self, network_input: torch.Tensor, teacher_output: TeacherOutput) -> torch.Tensor:
+        """(N, 3 + D) image-level statistics the domain head scores (model/domain.py)."""
+        return domain_statistics(network_input, self.preprocess_config, teacher_output.levels,
+                                 teacher_output.feature)
+
     def forward(self, images: torch.Tensor, output_size: tuple[int, int] | None = None,
                 network_resolution: bool = False, labels: str = "bilinear") -> DiCNetOutput:
         """Score map, class ids, MSP and MaxLogit at the input size (default), ``output_size``, or the network
-        size."""
-        t, s = self.features(images)
+        size, and the image-level domain score when the model has a domain head."""
+        x = self.network_input(images)
+        t, s = self.teacher(x), self.student(x)
         size = None if network_resolution else (output_size or tuple(images.shape[1:3]))
-        return self.outputs(t.feature, s, t.logits, size, labels)
+        stats = self.domain_statistics(x, t) if self.domain_head is not None else None
+        return self.outputs(t.feature, s, t.logits, size, labels, stats)
 
     def outputs(self, teacher_feature: torch.Tensor, student_feature: torch.Tensor, logits: torch.Tensor,
-                size: tuple[int, int] | None, labels: str = "bilinear") -> DiCNetOutput:
+                size: tuple[int, int] | None, labels: str = "bilinear",
+                domain_statistics: torch.Tensor | None = None) -> DiCNetOutput:
         """Features at 1/8 -> every output map at ``size`` (None = network size): the one post-processing.
 
         ``labels`` says where the teacher's class ids and baselines (MSP, MaxLogit) are taken:
         ``bilinear``: logits upsampled to the output size, then arg-max / softmax / max (the anomaly-seg protocol);
         ``network``: at the network size, then resized (ids nearest, baselines bilinear) -- a fraction of the cost
         at 1280x720 and identical up to class boundaries; ``nearest``: at the feature resolution.
-        The anomaly score never depends on this choice.
+        The anomaly score never depends on this choice. ``domain_statistics`` (``domain_statistics()``) gives the
+        ``domain_score`` when the model has a domain head.
         """
         if labels not in LABEL_MODES:
             raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
         pp = self.preprocess_config
+        domain = (self.domain_head(domain_statistics) if self.domain_head is not None and domain_statistics is not None
+                  else None)
         score_at = self.score_features(teacher_feature, student_feature, logits=logits)
         logits = logits.float()
         if labels == "nearest":  # all three maps share one geometry: one resize for score, MSP and MaxLogit
             maps = restore_size(torch.cat([score_at, baseline_score(logits, "msp"), baseline_score(logits, "maxlogit")],
                                           dim=1), pp, size)
             ids = restore_size(logits.argmax(dim=1, keepdim=True).to(torch.float32), pp, size, mode="nearest")
-            return DiCNetOutput(maps[:, 0], ids[:, 0].to(torch.int64), logits, maps[:, 1], maps[:, 2])
+            return DiCNetOutput(maps[:, 0], ids[:, 0].to(torch.int64), logits, maps[:, 1], maps[:, 2], domain)
         score = restore_size(score_at, pp, size)[:, 0]
         if labels == "bilinear":
             up = restore_size(logits, pp, size)
             return DiCNetOutput(score, up.argmax(dim=1), logits, baseline_score(up, "msp")[:, 0],
-                                baseline_score(up, "maxlogit")[:, 0])
+                                baseline_score(up, "maxlogit")[:, 0], domain)
         logits_at = restore_size(logits, pp, None)  # "network"
         target = (pp.height, pp.width) if size is None else tuple(size)
 
@@ -266,7 +288,7 @@ class DiCNet(nn.Module):
         ids = resize(logits_at.argmax(dim=1, keepdim=True).to(torch.float32), "nearest")[:, 0].to(torch.int64)
         baselines = resize(torch.cat([baseline_score(logits_at, "msp"), baseline_score(logits_at, "maxlogit")], 1),
                            "bilinear")  # one resize for both
-        return DiCNetOutput(score, ids, logits, baselines[:, 0], baselines[:, 1])
+        return DiCNetOutput(score, ids, logits, baselines[:, 0], baselines[:, 1], domain)
 
 
 def build_dicnet(cfg: ModelConfig | dict[str, Any], preprocess_config: PreprocessConfig | dict[str, Any]) -> DiCNet:

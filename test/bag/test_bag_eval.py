@@ -196,32 +196,74 @@ def test_score_topic_mode_evaluates_the_recorded_baselines_it_has(dataset: Path,
 
 
 def test_bag_eval_matches_dicnet_evaluate(dataset: Path, tmp_path: Path) -> None:
-    """bag-eval (fused ONNX over a bag) against `dicnet evaluate` (the PyTorch checkpoint over the image files)."""
+    """bag-eval (fused ONNX over a bag) against `dicnet evaluate` (the PyTorch checkpoint over the image files),
+    also on the out-of-domain alarm: with the model's domain threshold between its frames' scores both report the
+    same frames out of domain and the same metrics over the others, which direct evaluation of those frames gives,
+    and the strip marks the flagged frames."""
     from dicnet_training.config import load_config
     from dicnet_training.evaluation import evaluate
     from dicnet_training.export import ExportOptions, export_onnx
 
+    from dicnet_ros.data import open_dataset
     from dicnet_ros.data.streethazards import STREETHAZARDS_SPEC
+    from dicnet_ros.inference import load_model
     from dicnet_ros.inference.random_models import random_checkpoint
     from dicnet_ros.model.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = random_checkpoint(tmp_path / "sh.pt", "tiny", (96, 64), num_classes=STREETHAZARDS_SPEC.num_classes)
+    ds = open_dataset(dataset, "test")
+    domain_scores = [load_model(ckpt, "torch", "cpu").infer(ds[i].image).domain_score for i in range(len(ds))]
+    threshold = float(np.median(domain_scores))  # two frames above, two below
+    in_domain_frames = [i for i, score in enumerate(domain_scores) if score <= threshold]
+    assert len(in_domain_frames) == 2
     data = load_checkpoint(ckpt)
     data["metadata"]["class_names"] = list(STREETHAZARDS_SPEC.class_names)
+    data["metadata"]["domain_threshold"] = threshold
     save_checkpoint(ckpt, {k: v for k, v in data.items() if k != "format"})
     onnx_path = export_onnx(ckpt, tmp_path / "sh.onnx", ExportOptions(dynamic=True)).onnx_path
 
     bag = _make(dataset, tmp_path / "drive")
     assert _eval(bag, tmp_path / "eval", onnx_path) == 0
-    from_bag = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]["dicnet"]
+    bag_report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    from_bag = bag_report["metrics"]["dicnet"]
     cfg = load_config("ci", [f"data.root={dataset}", "data.kind=streethazards", "eval.qualitative=0"])
     report = evaluate(ckpt, cfg, tmp_path / "evaluate", "test", False, "cpu", show_progress=False)
-    from_evaluate = report["methods"]["dicnet_" + report["info"]["scoring_mode"]]
+    method = "dicnet_" + report["info"]["scoring_mode"]
+    from_evaluate = report["methods"][method]
     assert report["info"]["num_images"] == 4
     for protocol in ("per_image", "pooled"):
         for metric in ("auroc", "aupr", "fpr95"):
             assert from_bag[protocol][metric] == pytest.approx(from_evaluate[protocol][metric], abs=2e-3), (
                 protocol, metric)
+    assert bag_report["domain"]["out_of_domain"] == report["domain"]["out_of_domain"] == 2
+    assert bag_report["domain"]["share_out_of_domain"] == report["domain"]["share_out_of_domain"] == 0.5
+    direct = _direct(dataset, load_model(onnx_path, "onnxruntime", "cpu"), "dicnet", in_domain_frames)
+    _same_numbers(bag_report["metrics"]["in_domain"]["dicnet"], direct)
+    assert set(bag_report["metrics"]["in_domain"]) == {"dicnet", "msp", "maxlogit"}
+    for protocol in ("per_image", "pooled"):
+        for metric in ("auroc", "aupr", "fpr95"):
+            assert report["methods_in_domain"][method][protocol][metric] == pytest.approx(
+                direct[protocol][metric], abs=2e-3), (protocol, metric)
+    assert report["methods_in_domain"][method]["num_images"] == 2
+    assert "2 of 4 frames out of domain" in (tmp_path / "eval" / "report.md").read_text()
+    assert "2 of 4 frames out of domain" in (tmp_path / "evaluate" / "report.md").read_text()
+
+
+def test_strip_marks_out_of_domain_frames(tmp_path: Path) -> None:
+    """The qualitative strip frames an out-of-domain row in red and says so; an in-domain row stays plain."""
+    import cv2
+
+    from dicnet_ros.bag.report import _Strip, write_strip
+
+    tiles = {"image": np.full((24, 32, 3), 120, np.uint8), "score": np.full((24, 32, 3), 60, np.uint8)}
+    pictures = {}
+    for name, verdict in (("in", True), ("out", False)):
+        strip = _Strip(1, 1)
+        strip.add(0, 1, tiles, (7.5 if verdict is False else 1.0, verdict))
+        write_strip(strip, tmp_path / f"{name}.png")
+        pictures[name] = cv2.imread(str(tmp_path / f"{name}.png"))
+    red = [(image[:, :, 2] > 200) & (image[:, :, 1] < 60) & (image[:, :, 0] < 60) for image in pictures.values()]
+    assert not red[0].any() and red[1].sum() > 200
 
 
 def test_exif_rotated_jpeg_frames_keep_their_size(tmp_path: Path, tiny_onnx: Path) -> None:
