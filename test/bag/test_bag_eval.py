@@ -133,6 +133,7 @@ class _WithExtras:
         self.inner, self.metadata, self.keep = inner, inner.metadata, keep
 
     threshold = property(lambda self: self.inner.threshold)
+    domain_threshold = property(lambda self: self.inner.domain_threshold)
 
     def infer(self, image: np.ndarray):
         res = self.inner.infer(image)
