@@ -772,3 +772,32 @@ def test_an_idle_best_effort_publisher_does_not_downgrade_a_reliable_camera(harn
     assert after["received"] - before["received"] == after["processed"] - before["processed"]  # taken once each
     harness.tester.destroy_publisher(idle)
     assert wait_until(lambda: node.camera().reliability_description() == "reliable", timeout=10.0)
+
+
+def test_a_model_without_a_domain_score_still_runs(harness: Harness, tiny_onnx: Path, tmp_path: Path) -> None:
+    """An export from before the domain head: frames are answered, the alarm is 'unavailable' in /diagnostics."""
+    import json
+
+    import onnx
+
+    from dicnet_ros.metadata import METADATA_KEY
+
+    old = onnx.load(str(tiny_onnx))
+    kept = [o for o in old.graph.output if o.name != "domain_score"]
+    del old.graph.output[:]
+    old.graph.output.extend(kept)
+    entry = next(p for p in old.metadata_props if p.key == METADATA_KEY)
+    meta = json.loads(entry.value)
+    meta.pop("domain_threshold", None)
+    meta.pop("weights_sha256", None)
+    entry.value = json.dumps(meta)
+    path = tmp_path / "before_domain.onnx"
+    onnx.save(old, str(path))
+    node, outputs = harness.start("cam_nodomain", path, diagnostics_period_s=0.2)
+    pub = harness.publisher(Image, "/cam_nodomain/anomaly_node/image")
+    send(pub, image_msg(random_image("rgb8", 30, 40), "rgb8", 1700), outputs)
+    assert node.camera().domain.state == "unavailable"
+    status = wait_until(lambda: next((s for a in harness.diagnostics for s in a.status
+                                      if s.name.startswith("/cam_nodomain/anomaly_node")), None), timeout=5.0)
+    values = {kv.key: kv.value for kv in status.values}
+    assert values["domain_state"] == "unavailable" and "unavailable" in values["domain_message"]

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
@@ -327,6 +328,115 @@ def test_one_node_serves_three_cameras_in_other_processes(tiny_onnx: Path) -> No
             values = diagnostics[f"/{camera}/anomaly_node: anomaly segmentation"]
             assert int(values["processed"]) >= 0.9 * counts[camera] and values["errors"] == "0", (camera, values)
         assert diagnostics["/anomaly_node: anomaly segmentation"]["cameras"] == "xa,xb,xc"
+    finally:
+        listener.close()
+        code = node.stop()
+    assert code == 0, node.log
+
+
+class DomainListener:
+    """This process: a camera publisher, the node's ~/domain messages and its /diagnostics status."""
+
+    def __init__(self, namespace: str) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        self.node = rclpy.create_node("domain_listener", context=self.context)
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.camera = self.node.create_publisher(Image, f"{namespace}/image", reliable)
+        self.lock = threading.Lock()
+        self.domain: dict[int, dict[str, str]] = {}  # stamp sec -> values of ~/domain
+        self.masks: dict[int, Any] = {}
+        self.levels: list[tuple[int, str, str]] = []  # (level, domain_state, message) of /diagnostics
+        self.node.create_subscription(DiagnosticArray, f"{namespace}/domain", self._on_domain, reliable)
+        self.node.create_subscription(Image, f"{namespace}/anomaly_mask", self._on_mask, reliable)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._on_diag(m, namespace), 10)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        threading.Thread(target=self.executor.spin, daemon=True).start()
+
+    def _on_domain(self, msg: Any) -> None:
+        with self.lock:
+            self.domain[msg.header.stamp.sec] = {kv.key: kv.value for kv in msg.status[0].values}
+
+    def _on_mask(self, msg: Any) -> None:
+        with self.lock:
+            self.masks[msg.header.stamp.sec] = np.frombuffer(bytes(msg.data), np.uint8)
+
+    def _on_diag(self, msg: Any, namespace: str) -> None:
+        for status in msg.status:
+            if status.name.startswith(namespace):
+                values = {kv.key: kv.value for kv in status.values}
+                with self.lock:
+                    self.levels.append((int.from_bytes(status.level, "little") if isinstance(status.level, bytes)
+                                        else int(status.level), values.get("domain_state", ""), status.message))
+
+    def send(self, rgb: np.ndarray, sec: int, timeout: float = 10.0) -> dict[str, str]:
+        """Publish a frame until its ~/domain message is back; its values."""
+        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0, step=rgb.shape[1] * 3)
+        msg.header.stamp.sec, msg.header.frame_id = sec, "cam"
+        msg.data = rgb.tobytes()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.camera.publish(msg)
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                with self.lock:
+                    if sec in self.domain and sec in self.masks:
+                        return self.domain[sec]
+                time.sleep(0.02)
+        raise AssertionError(f"no ~/domain for stamp {sec}")
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def test_degenerate_frames_raise_the_alarm_and_good_frames_clear_it() -> None:
+    """The shipped model in a node process: simulator frames are in domain (OK), black / white / noise frames
+    raise WARN then ERROR after domain_alarm_frames, the mask is empty while out of domain (out_of_domain_mask
+    empty), and good frames bring the camera back to OK."""
+    from dicnet_ros.bag.read import iter_images
+    from dicnet_ros.resources import package_file
+
+    good = [f.rgb for f in iter_images(package_file("models/demo/sim_demo_stream"), "/camera/image_raw")][:6]
+    node = NodeProcess("-p", "backend:=onnxruntime", "-p", "device:=cpu", "-p", "domain_alarm_frames:=3",
+                       "-p", "out_of_domain_mask:=empty", "-p", "diagnostics_period_s:=0.3", "-p",
+                       "threshold:=-1000.0", "-r", "__ns:=/dom")
+    listener = DomainListener("/dom/anomaly_node")
+    try:
+        assert node.wait_for("ready:"), node.log
+        assert "domain alarm threshold" in node.log, node.log
+        sec = 100
+        for rgb in good[:3]:
+            values = listener.send(rgb, sec)
+            assert values["frame_in_domain"] == "true" and values["state"] == "in_domain", values
+            sec += 1
+        rng = np.random.default_rng(0)
+        h, w = good[0].shape[:2]
+        bad = [np.zeros((h, w, 3), np.uint8), np.full((h, w, 3), 255, np.uint8),
+               rng.integers(0, 256, (h, w, 3), dtype=np.uint8), np.zeros((h, w, 3), np.uint8)]
+        states = []
+        for rgb in bad:
+            values = listener.send(rgb, sec)
+            assert values["frame_in_domain"] == "false", values
+            states.append(values["state"])
+            sec += 1
+        assert states[:2] == ["in_domain", "in_domain"] and states[2:] == ["out_of_domain", "out_of_domain"], states
+        with listener.lock:
+            assert not listener.masks[sec - 1].any()  # threshold -1000 would mark every pixel: the mask is empty
+        time.sleep(1.0)
+        with listener.lock:
+            levels = list(listener.levels)
+        assert any(level == 2 and state == "out_of_domain" for level, state, _ in levels), levels
+        assert any("out of domain" in message for _, _, message in levels)
+        for rgb in good[3:6]:
+            values = listener.send(rgb, sec)
+            sec += 1
+        assert values["state"] == "in_domain", values
+        with listener.lock:
+            assert listener.masks[sec - 1].all()  # back in domain: the mask is published as computed
+        assert "out of domain" in node.log and "back in domain" in node.log
     finally:
         listener.close()
         code = node.stop()
