@@ -176,8 +176,6 @@ def measure(setup: str, count: int, args: argparse.Namespace, seconds: float) ->
         t1, cpu1 = time.monotonic(), sum(proc_stats(p.pid)[1] for p in nodes)
         with listener.lock:
             window = {c: [ms for at, ms in v if t0 <= at <= t1] for c, v in listener.latency.items()}
-        for cam in cams:
-            cam.wait(timeout=60)
     finally:
         stop(nodes)
         for cam in cams:
@@ -250,7 +248,12 @@ def main() -> int:
     else:
         for i, count in enumerate(args.cameras):
             order = ("multi", "single") if i % 2 == 0 else ("single", "multi")
-            pair = {setup: measure(setup, count, args, args.seconds + args.warmup) for setup in order}
+            pair = {}
+            for setup in order:
+                pair[setup] = measure(setup, count, args, args.seconds + args.warmup)
+                row = pair[setup]
+                print(f"measured {count} camera(s), {setup}: {row['fps_total']:.1f} frames/s, RSS "
+                      f"{row['rss_mb_mean']:.0f} MB", flush=True)
             rows += [pair["multi"], pair["single"]]
         print(f"\n{args.size} at {args.rate:g} Hz per camera, reliable, each camera its own process; {machine}; "
               f"model {Path(args.model).name} (onnxruntime, CPU)\n")
