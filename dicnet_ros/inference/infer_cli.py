@@ -1,8 +1,10 @@
-"""`dicnet infer`: run a model on image files and write score maps (.npy + colour .png) and masks (.png)."""
+"""`dicnet infer`: run a model on image files and write score maps (.npy + colour .png) and masks (.png), and with
+``--json`` each image's out-of-domain score and verdict."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -11,15 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from dicnet_ros.inference.base import BACKENDS, BackendUnavailableError, ModelLoadError
+from dicnet_ros.inference.base import BACKENDS, AnomalyModel, BackendUnavailableError, ModelLoadError
 from dicnet_ros.inference.registry import load_model
+from dicnet_ros.metrics.domain import domain_fields
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 PROG = "dicnet infer"
 EXIT_CODES = """exit status:
   0  every image was processed and its results written
-  1  the model could not be loaded, or at least one input could not be processed (each is reported on
-     stderr; the results of the others are written)
+  1  the model could not be loaded, at least one input could not be processed (each is reported on
+     stderr; the results of the others are written), or the --json file could not be written
   2  bad command line (e.g. a non-finite --threshold)"""
 
 
@@ -100,10 +103,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threshold", type=mask_threshold, default=None,
                         help="mask threshold on the raw score, overriding the model's (finite; nan = the model's)")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="also write per image: image, domain_score, in_domain (the out-of-domain alarm; null "
+                             "when the model has none)")
 
 
 def report(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def write_json(path: Path, model: AnomalyModel, records: list[dict]) -> bool:
+    """The per-image records and the alarm's threshold as JSON; False (reported) when it cannot be written."""
+    document = {"model": str(model.path), "domain_threshold": model.domain_threshold, "images": records}
+    try:
+        path.write_text(json.dumps(document, indent=2) + "\n")
+    except OSError as exc:
+        report(f"{path}: cannot write the JSON report ({exc.strerror or exc})")
+        return False
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         report(f"{args.out}: cannot create the output folder ({exc.strerror or exc})")
         return 1
     written, failed = 0, len(inputs.problems)
+    records: list[dict] = []
     for path in inputs.files:
         try:
             result = model.infer(read_rgb(path))
@@ -143,9 +161,11 @@ def run(args: argparse.Namespace) -> int:
         cv2.imwrite(str(args.out / f"{path.stem}_mask.png"), result.anomaly_mask.astype(np.uint8) * 255)
         if result.semantic_labels is not None:
             cv2.imwrite(str(args.out / f"{path.stem}_labels.png"), result.semantic_labels)
+        records.append({"image": str(path), **domain_fields(result.domain_score, model.domain_threshold)})
         written += 1
+    json_written = args.json is None or write_json(args.json, model, records)
     print(f"wrote {written} result sets to {args.out} ({model.backend_name}, {model.precision}, "
           f"threshold {model.threshold:.4g})")
     if failed:
         report(f"{failed} input(s) could not be processed")
-    return 1 if failed else 0
+    return 1 if failed or not json_written else 0
