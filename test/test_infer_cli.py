@@ -186,6 +186,11 @@ def _direct_run(image: Path, tmp_path: Path) -> Path:
 
 def test_outputs_a_person_can_look_at(tmp_path: Path) -> None:
     """Labels in colour (raw ids kept beside them), the node's overlay, the classes' names and colours."""
+
+
+def test_json_report_has_the_domain_score_and_verdict_per_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--json: image, domain_score, in_domain per image; a black frame is out of the shipped model's domain, a frame
+    of its demo stream is in it; a JSON path that cannot be written is one line and exit 1, the maps still written."""
     import json
 
     import cv2
@@ -210,3 +215,25 @@ def test_outputs_a_person_can_look_at(tmp_path: Path) -> None:
     classes = json.loads((tmp_path / "out" / "classes.json").read_text())
     assert [c["name"] for c in classes] == list(model.metadata.class_names)
     assert classes[1]["rgb"] == [int(v) for v in palette[1]]
+    from dicnet_ros.bag import bag_dataset_info, iter_images
+    from dicnet_ros.demo import DEMO_BAG
+    from dicnet_ros.resources import package_file
+
+    bag = package_file(DEMO_BAG)
+    frame = next(iter(iter_images(bag, bag_dataset_info(bag)["image_topic"]))).rgb
+    street, black = tmp_path / "images" / "street.png", tmp_path / "images" / "black.png"
+    street.parent.mkdir()
+    assert cv2.imwrite(str(street), frame[:, :, ::-1]) and cv2.imwrite(str(black), np.zeros((216, 384, 3), np.uint8))
+    assert infer([street.parent], tmp_path / "out", "--json", str(tmp_path / "domain.json")) == 0
+    report = json.loads((tmp_path / "domain.json").read_text())
+    assert report["domain_threshold"] > 0
+    by_name = {Path(r["image"]).name: r for r in report["images"]}
+    assert set(by_name) == {"street.png", "black.png"}
+    assert by_name["street.png"]["in_domain"] is True and by_name["black.png"]["in_domain"] is False
+    assert by_name["street.png"]["domain_score"] < report["domain_threshold"] < by_name["black.png"]["domain_score"]
+    capsys.readouterr()
+    assert infer([street], tmp_path / "out2", "--json", str(tmp_path / "no_such_dir" / "d.json")) == 1
+    err = capsys.readouterr().err
+    problems = [line for line in err.splitlines() if line.startswith("dicnet infer: ")]
+    assert len(problems) == 1 and "d.json: cannot write the JSON report (No such file" in problems[0]
+    assert (tmp_path / "out2" / "street_score.npy").is_file()

@@ -1,5 +1,6 @@
 """`dicnet infer`: run a model on image files and write, per image, the score map (.npy + colour .png), the mask,
-the overlay the node publishes, and the teacher's classes (colour .png + raw ids).
+the overlay the node publishes, and the teacher's classes (colour .png + raw ids); with ``--json`` each image's
+out-of-domain score and verdict.
 
 Images are decoded by the node's guarded decoder (``image_conversion.read_image_file``): the pixel limit is read
 from the header before decoding, EXIF orientation is ignored (outputs have the file's stored size, as a camera
@@ -25,8 +26,9 @@ from dicnet_ros.cli_options import (  # noqa: F401 - mask_threshold: part of thi
     add_threshold_argument,
     mask_threshold,
 )
-from dicnet_ros.inference.base import BackendUnavailableError, ModelLoadError
+from dicnet_ros.inference.base import AnomalyModel, BackendUnavailableError, ModelLoadError
 from dicnet_ros.inference.registry import load_model
+from dicnet_ros.metrics.domain import domain_fields
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 PROG = "dicnet infer"
@@ -47,8 +49,8 @@ path that tells them apart, e.g. a__frame and b__frame):
 
 exit status:
   0  every image was processed and its results written
-  1  the model could not be loaded, or at least one input could not be processed (each is reported on
-     stderr; the results of the others are written)
+  1  the model could not be loaded, at least one input could not be processed (each is reported on
+     stderr; the results of the others are written), or the --json file could not be written
   2  bad command line (e.g. a non-finite --threshold)"""
 
 
@@ -137,6 +139,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_inference_arguments(parser)
     add_threshold_argument(parser)
     add_max_pixels_argument(parser)
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="also write per image: image, domain_score, in_domain (the out-of-domain alarm; null "
+                             "when the model has none)")
 
 
 def report(message: str) -> None:
@@ -187,6 +192,17 @@ class ResultWriter:
                 self.write_classes()
 
 
+def write_json(path: Path, model: AnomalyModel, records: list[dict]) -> bool:
+    """The per-image records and the alarm's threshold as JSON; False (reported) when it cannot be written."""
+    document = {"model": str(model.path), "domain_threshold": model.domain_threshold, "images": records}
+    try:
+        path.write_text(json.dumps(document, indent=2) + "\n")
+    except OSError as exc:
+        report(f"{path}: cannot write the JSON report ({exc.strerror or exc})")
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     from dicnet_ros.resources import resolve_model
 
@@ -220,19 +236,23 @@ def _infer_all(args: argparse.Namespace, model, inputs: ImageInputs) -> int:
         return 1
     names = result_names(inputs.files)
     written, failed = 0, len(inputs.problems)
+    records: list[dict] = []
     for path in inputs.files:
         try:
             rgb = read_rgb(path, args.max_pixels)
-            writer.write(names[path], rgb, model.infer(rgb))
+            result = model.infer(rgb)
+            writer.write(names[path], rgb, result)
         except (ValueError, OSError) as exc:  # unreadable input, image size the graph cannot take, disk full
             report(str(exc) if isinstance(exc, UnreadableImageError) else f"{path}: {exc}")
             failed += 1
             continue
+        records.append({"image": str(path), **domain_fields(result.domain_score, model.domain_threshold)})
         written += 1
+    json_written = args.json is None or write_json(args.json, model, records)
     renamed = sum(names[p] != p.stem for p in inputs.files)
     print(f"wrote {written} result sets to {args.out} ({model.backend_name}, {model.precision}, "
           f"threshold {model.threshold:.4g})" + (f"; {renamed} inputs share a file name with another, so their "
                                                  "results are named after their folders" if renamed else ""))
     if failed:
         report(f"{failed} input(s) could not be processed")
-    return 1 if failed else 0
+    return 1 if failed or not json_written else 0
