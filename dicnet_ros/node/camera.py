@@ -440,9 +440,10 @@ class CameraPipeline:
         """Worker thread: the model's answer for ``frame`` -> domain state, outputs, latency, counters."""
         size = frame.image.shape[:2]
         change = self.domain.update(result.domain_score)
-        if change is not None:
-            log = self._logger.warning if change.state == OUT_OF_DOMAIN else self._logger.info
-            log(f"{self.spec.label}: {change.describe()}")
+        if change is not None and change.state == OUT_OF_DOMAIN:  # (rclpy wants one severity per call site)
+            self._logger.warning(f"{self.spec.label}: {change.describe()}")
+        elif change is not None:
+            self._logger.info(f"{self.spec.label}: {change.describe()}")
         self._publish_domain(frame.header, result.domain_score)
         policy = self._p["out_of_domain_mask"]
         out_of_domain = self.domain.state == OUT_OF_DOMAIN
