@@ -20,7 +20,7 @@ def test_hysteresis_enters_and_leaves_after_k_frames() -> None:
     assert monitor.update(1.0) is None and monitor.update(1.0) is None
     back = monitor.update(1.0)
     assert back is not None and back.state == IN_DOMAIN and "back in domain" in back.describe()
-    assert monitor.frames_out == 5 and monitor.frames_scored == 10
+    assert monitor.frames_out == 4 and monitor.frames_scored == 9
 
 
 def test_first_frame_out_of_domain_raises_at_once_and_nan_counts_as_out() -> None:
