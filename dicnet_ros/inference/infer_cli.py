@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dicnet_ros.inference.base import BACKENDS, BackendUnavailableError, ModelLoadError
+from dicnet_ros.inference.cpu_features import int8_notice
 from dicnet_ros.inference.registry import load_model
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -123,6 +124,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.threshold is not None:
         model.threshold = args.threshold
+    int8_line, int8_warning = int8_notice(model)
+    if int8_line:
+        print(int8_line)
+    if int8_warning:
+        report(f"warning: {int8_warning}")
     lo, hi = model.metadata.score_range
     try:
         args.out.mkdir(parents=True, exist_ok=True)
