@@ -126,3 +126,21 @@ def test_the_emulated_child_runs_only_on_the_cpu_asked_for(checked_int8: Path, s
         emulated_scores(checked_int8, images, other, threads=1, emulator=("env",))
     with pytest.raises(Int8CheckError, match="not found: install it"):
         emulated_scores(checked_int8, images, "x86-avx2", emulator=("no-such-emulator-here",))
+
+
+def test_a_layer_kept_in_float_runs_in_float(tiny_onnx: Path, sim_data: Path, tmp_path: Path) -> None:
+    """ONNX Runtime quantizes, at load time, the weights of a float convolution whose input is dequantized (8 bits,
+    per tensor: it can saturate on AVX2). The student's first convolution shares its input with the teacher's; kept
+    in float, it must read the float tensor, so the graph ONNX Runtime runs has it in float."""
+    from dicnet_training.int8_check import optimized_graph
+    from dicnet_training.quantize import _ImageFeed, _quantize, calibration_files, quantizable_nodes, read_rgb
+
+    layers, others = quantizable_nodes(tiny_onnx)
+    student_first = next(node for node, layer in layers.items() if layer.startswith("student."))
+    feed = _ImageFeed([read_rgb(f) for f in calibration_files(sim_data, 4)[0]])
+    nodes = [n for n in [*layers, *others] if n != student_first]
+    out = _quantize(tiny_onnx, tmp_path / "q.onnx", feed, "minmax", tmp_path / "ranges.json", nodes, 99.999, "cpu", 7)
+    ops = [node.op_type for node in optimized_graph(out).node]
+    assert ops.count("QLinearConv") == len(layers) - 1
+    assert any(op.endswith("Conv") and not op.startswith("QLinear") for op in ops)  # Conv / FusedConv in float
+    assert saturation_check(out).can_saturate == []

@@ -51,19 +51,20 @@ class Int8CheckError(RuntimeError):
 class SaturationReport:
     """Integer products of a QDQ graph and which of them can saturate 16-bit pair sums (VPMADDUBSW)."""
 
-    products: int  # Conv / MatMul / Gemm nodes with an integer weight and an integer activation
+    products: int  # integer convolutions / matrix products with a constant weight in the graph ORT runs
     can_saturate: list[str] = field(default_factory=list)  # node names: two same-sign weights of one output > 128
     adjacent_pairs: list[str] = field(default_factory=list)  # the subset whose pairs as ONNX Runtime packs them do
     not_analysed: list[str] = field(default_factory=list)  # s8 activations: kernels not characterised here
     largest_pair_sum: int = 0  # the largest same-sign pair |w1 + w2| of any output (<= 128 cannot saturate)
-    op_types: dict[str, str] = field(default_factory=dict)  # node name -> Conv / MatMul / Gemm
+    op_types: dict[str, str] = field(default_factory=dict)  # node name -> QLinearConv / QLinearMatMul / ...
 
     def metadata(self) -> dict[str, Any]:
         saturating: dict[str, int] = {}
         for name in self.can_saturate:
             saturating[self.op_types[name]] = saturating.get(self.op_types[name], 0) + 1
         return {"rule": "u8 x s8 pair sums vs int16 (VPMADDUBSW: AVX2, AVX-512 without VNNI)",
-                "products": self.products, "can_saturate": len(self.can_saturate), "by_op": saturating,
+                "graph": "ONNX Runtime's optimised CPU graph", "products": self.products,
+                "can_saturate": len(self.can_saturate), "by_op": saturating,
                 "adjacent_pairs": len(self.adjacent_pairs), "not_analysed": len(self.not_analysed),
                 "largest_pair_sum": self.largest_pair_sum}
 
@@ -93,59 +94,62 @@ def _adjacent_pair_sums(rows: np.ndarray) -> np.ndarray:
     return np.maximum(positive, negative).max(axis=1)
 
 
-def _reduction_rows(node: Any, weight: np.ndarray, weight_input: int) -> np.ndarray:
+# integer ops of ONNX Runtime's optimised CPU graph -> (activation zero point, weight) input indices, for each
+# operand the constant weight may be (a MatMul's B first, then its A)
+_INTEGER_OPS = {"QLinearConv": ((2, 3),), "ConvInteger": ((2, 1),), "QLinearMatMul": ((2, 3), (5, 0)),
+                "MatMulInteger": ((2, 1), (3, 0))}
+
+
+def _reduction_rows(op_type: str, weight: np.ndarray, weight_is_b: bool) -> np.ndarray:
     """The weight as (outputs, reduction) in the order ONNX Runtime's x86 kernels pair it: convolutions run
     channels-last (kernel tap by tap, input channels fastest); a MatMul reduces over K."""
-    if node.op_type == "Conv":
+    if "Conv" in op_type:
         return np.moveaxis(weight, 1, -1).reshape(weight.shape[0], -1)
-    if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
-        return weight.reshape(weight.shape[0], -1)
-    return weight.T if weight_input == 1 else weight  # B (K, N): rows are columns; A (M, K): rows as they are
+    return weight.T if weight_is_b else weight  # B (K, N): one row per column; A (M, K): rows as they are
+
+
+def optimized_graph(model_path: Path) -> Any:
+    """The graph ONNX Runtime's CPU provider runs, after its optimisations: they fuse QDQ pairs into integer ops and
+    quantize to per-tensor int8 the float weights of a convolution whose input is dequantized (WeightBiasQuantization),
+    so a layer kept float in the QDQ file can still run in integer arithmetic."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="dicnet_int8_optimized_") as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        return onnx.load(options.optimized_model_filepath).graph
 
 
 def saturation_check(model_path: Path) -> SaturationReport:
-    """Which integer products of the QDQ graph at ``model_path`` can saturate on a VPMADDUBSW path."""
-    import onnx
+    """Which integer products of the graph ONNX Runtime runs for ``model_path`` can saturate on a VPMADDUBSW path."""
     from onnx import numpy_helper
 
-    graph = onnx.load(str(model_path)).graph
+    graph = optimized_graph(model_path)
     initializers = {init.name: init for init in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
     report = SaturationReport(products=0)
-
-    def dequantized(name: str) -> tuple[str, np.ndarray | None, Any] | None:
-        """('weight', int array, _) or ('activation', None, zero-point dtype) when ``name`` is a DequantizeLinear
-        output; None for a float input."""
-        node = producer.get(name)
-        if node is None or node.op_type != "DequantizeLinear":
-            return None
-        source = node.input[0]
-        if source in initializers:
-            return "weight", numpy_helper.to_array(initializers[source]), None
-        zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
-        dtype = numpy_helper.to_array(zero_point).dtype if zero_point is not None else np.dtype(np.uint8)
-        return "activation", None, dtype
-
     for node in graph.node:
-        if node.op_type not in ("Conv", "MatMul", "Gemm"):
+        if node.op_type not in _INTEGER_OPS:
             continue
-        operands = [dequantized(name) for name in node.input[:2]]
-        if any(op is None for op in operands):
-            continue  # kept in float
-        kinds = [op[0] for op in operands]
-        if sorted(kinds) != ["activation", "weight"]:
-            continue
-        weight_input = kinds.index("weight")
-        weight = operands[weight_input][1]
-        activation_dtype = operands[1 - weight_input][2]
+        operands = [(zero, w) for zero, w in _INTEGER_OPS[node.op_type] if node.input[w] in initializers]
+        if not operands:
+            continue  # activation x activation: no product of this model does that
+        x_zero, w = operands[0]
+        weight_is_b = w != 0
+        weight = numpy_helper.to_array(initializers[node.input[w]])
+        zero = node.input[x_zero] if len(node.input) > x_zero else ""
+        activation = numpy_helper.to_array(initializers[zero]).dtype if zero in initializers else np.dtype(np.uint8)
         report.products += 1
         report.op_types[node.name] = node.op_type
-        if activation_dtype != np.uint8:
+        if activation != np.uint8:
             report.not_analysed.append(node.name)
             continue
         if weight.dtype != np.int8:
             continue  # u8 x u8: ONNX Runtime multiplies in 16 bits and sums in 32, no pair saturates
-        rows = _reduction_rows(node, weight, weight_input)
+        rows = _reduction_rows(node.op_type, weight, weight_is_b)
         largest = int(_largest_pair_sums(rows).max())
         report.largest_pair_sum = max(report.largest_pair_sum, largest)
         if U8_MAX * largest > INT16_MAX:
@@ -229,7 +233,7 @@ def emulated_scores(model_path: Path, images: list[np.ndarray], path: str, threa
     emulator = emulator or EMULATORS[path]
     if shutil.which(emulator[0]) is None:
         raise Int8CheckError(f"{emulator[0]} not found: install it (Debian/Ubuntu: apt-get install qemu-user) to "
-                             f"measure the {INT8_PATHS[path][0]} path")
+                             f"measure the {INT8_PATHS[path][0]} path, or skip the emulated check")
     with tempfile.TemporaryDirectory(prefix="dicnet_int8_emulated_") as tmp:
         source, target = Path(tmp) / "images.npy", Path(tmp) / "scores.npy"
         np.save(source, np.stack(images))

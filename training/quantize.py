@@ -249,7 +249,35 @@ def _quantize(fp32: Path, out: Path, feed: _ImageFeed | None, method: str, cache
             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "CalibPercentile": percentile})
     finally:
         logging.getLogger().removeFilter(advice)
+    if target == "cpu":
+        _float_layers_read_float(out, set(nodes))
     return out
+
+
+def _float_layers_read_float(path: Path, quantized: set[str]) -> None:
+    """Feed every convolution kept in float the float tensor instead of its quantize -> dequantize copy.
+
+    ONNX Runtime quantizes, at load time, the weights of a float convolution whose input comes from a
+    DequantizeLinear (to per-tensor 8 bits: WeightBiasQuantization), which turns a layer the sensitivity scan kept in
+    float into an integer one that can saturate on AVX2. The quantizer hands such a layer the dequantized tensor when
+    another consumer of the same tensor (the other network's first convolution) is quantized."""
+    import onnx
+
+    model = onnx.load(str(path))
+    producer = {out: node for node in model.graph.node for out in node.output}
+    changed = False
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.name in quantized:
+            continue
+        dequantize = producer.get(node.input[0])
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            continue
+        quantize = producer.get(dequantize.input[0])
+        if quantize is not None and quantize.op_type == "QuantizeLinear":
+            node.input[0] = quantize.input[0]
+            changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 class _DropPreprocessingAdvice(logging.Filter):
