@@ -78,7 +78,7 @@ def test_eight_bit_weights_can_saturate_and_are_recorded_so(tiny_checkpoint: Pat
     out = tmp_path / "eight.onnx"
     export_onnx(tiny_checkpoint, out, ExportOptions(dynamic=True, int8=_int8(sim_data, weight_bits=8)))
     report = saturation_check(out)
-    assert report.can_saturate and report.largest_pair_sum > 128 and "Conv" in report.metadata()["by_op"]
+    assert report.can_saturate and report.largest_pair_sum > 128 and "QLinearConv" in report.metadata()["by_op"]
     q = load_model(out, "onnxruntime", "cpu").metadata.export["quantization"]
     assert q["weight_bits"] == 8 and q["saturation"]["can_saturate"] == len(report.can_saturate)
     assert "7-bit" not in q["weights"] and q["parity"] == {}

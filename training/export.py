@@ -238,6 +238,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
     out.parent.mkdir(parents=True, exist_ok=True)
     if opts.int8 is not None and (opts.fp16 or opts.separate):
         raise ExportError("--int8 is a precision of the fused graph: combine it with neither --fp16 nor --separate")
+    if opts.int8 is not None and opts.int8.target != "cpu" and (opts.int8.parity_data or opts.int8.parity_emulate):
+        raise ExportError("the INT8 parity check measures ONNX Runtime's CPU kernels: it is for --int8-target cpu")
     model, metadata, _ = model_from_checkpoint(checkpoint)
     pre = model.preprocess_config
     export_model = copy.deepcopy(model).half() if opts.fp16 else model
@@ -282,16 +284,18 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
             report = quantize_int8(fp32_out, work, opts.int8)
             meta.export = {**meta.export, "quantization": report.metadata()}
             _write_metadata(work, meta)
-            # the FP32 graph the INT8 one came from is the parity's reference: it loads like any model
-            _write_metadata(fp32_out, ModelMetadata(**{**meta.__dict__, "export": {**export_info, "dtype": "float32"}}))
-            verify_export(work, fp32_out, report, opts.int8)
+            if opts.int8.target == "cpu":  # the saturation and parity of ONNX Runtime's CPU kernels
+                # the FP32 graph the INT8 one came from is the parity's reference: it loads like any model
+                fp32_meta = ModelMetadata(**{**meta.__dict__, "export": {**export_info, "dtype": "float32"}})
+                _write_metadata(fp32_out, fp32_meta)
+                verify_export(work, fp32_out, report, opts.int8)
+            os.replace(work, out)
         except (QuantizationError, Int8CheckError) as exc:
-            work.unlink(missing_ok=True)
             raise ExportError(str(exc)) from None
         finally:
             fp32_out.unlink(missing_ok=True)
+            work.unlink(missing_ok=True)  # left only by a refused or failed export
         meta.export = {**meta.export, "quantization": report.metadata()}
-        os.replace(work, out)
         report_path = write_report(report, out)[1]
     _write_metadata(out, meta)
     log.info("exported %s (%s exporter, %.1f s)", out, exporter, time.perf_counter() - start)
@@ -485,8 +489,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"INT8: {q['quantized_layers']} convolutions quantized ({q['weight_bits']}-bit weights), "
               f"{len(q['float_layers'])} kept in float, score error {q['score_error']:.4f} vs FP32 (report "
               f"{result.int8_report})")
-        print(f"INT8 saturation check: {q['saturation']['can_saturate']} of {q['saturation']['products']} integer "
-              "products can saturate 16-bit pair sums (AVX2 / AVX-512 without VNNI)")
+        if q.get("saturation"):
+            print(f"INT8 saturation check: {q['saturation']['can_saturate']} of {q['saturation']['products']} "
+                  "integer products can saturate 16-bit pair sums (AVX2 / AVX-512 without VNNI)")
         for kind, measured in (q.get("parity") or {}).get("paths", {}).items():
             m = measured["metrics"]
             print(f"INT8 parity on {kind} ({measured['how']}, {measured['images']} images): AUROC / AP / FPR95 INT8 "
