@@ -4,9 +4,10 @@ Two checks, because integer kernels differ per CPU (``dicnet_ros.inference.cpu_f
 
 - ``saturation_check`` (static, CPU-independent): ONNX Runtime multiplies u8 activations with s8 weights on AVX2
   and on AVX-512 without VNNI with VPMADDUBSW, which adds two products into a saturating 16-bit integer. Activations
-  can reach 255, so a product node can saturate there when two same-sign weights of one output sum beyond 128 in
+  can reach 255, so a product can saturate there when two same-sign weights of one output sum beyond 128 in
   magnitude (255 x 129 > 32767). 7-bit weights (``reduce_range``, |w| <= 64) make it impossible; u8 weights are
-  multiplied in 16 bits without pair sums.
+  multiplied in 16 bits without pair sums. The check reads the graph ONNX Runtime runs after its optimisations,
+  which can turn float layers into integer ones (``optimized_graph``).
 - ``parity_check`` (measured): the integer kernels' ``anomaly_score`` against the same graph run as float
   arithmetic on the dequantised values (ONNX Runtime graph optimisations off) and against the FP32 model, on
   labelled held-out images: per-pixel score error and pooled AUROC / AP / FPR95 within ``ParityBar``. Natively it
@@ -49,7 +50,7 @@ class Int8CheckError(RuntimeError):
 # ------------------------------------------------------------------------------------------- saturation
 @dataclass
 class SaturationReport:
-    """Integer products of a QDQ graph and which of them can saturate 16-bit pair sums (VPMADDUBSW)."""
+    """Integer products of the graph ONNX Runtime runs and which of them can saturate 16-bit pair sums."""
 
     products: int  # integer convolutions / matrix products with a constant weight in the graph ORT runs
     can_saturate: list[str] = field(default_factory=list)  # node names: two same-sign weights of one output > 128
