@@ -35,10 +35,13 @@ def test_bench_writes_json(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest
     assert "reference" in capsys.readouterr().out
 
 
-def test_bench_int8_row(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_bench_int8_row(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The INT8 row, the CPU's INT8 path in the report, and the warning for a model whose export measured no parity
+    (this one had no labelled data); `dicnet infer` names the path and warns the same way."""
     import cv2
 
     from dicnet_ros.cli import main
+    from dicnet_ros.inference.cpu_features import detect_int8_path
 
     calib = tmp_path / "calib"
     calib.mkdir()
@@ -50,9 +53,16 @@ def test_bench_int8_row(tiny_checkpoint: Path, tmp_path: Path) -> None:
                  "--backends", "reference,onnxruntime-nearest,onnxruntime-int8", "--calibration-data", str(calib),
                  "--calibration-images", "6", "--warmup", "1", "--iterations", "2", "--threads", "1",
                  "--workdir", str(tmp_path / "work"), "--json", str(out)]) == 0
-    rows = {r["backend"]: r for r in json.loads(out.read_text())["results"]}
+    report = json.loads(out.read_text())
+    rows = {r["backend"]: r for r in report["results"]}
     assert set(rows) == {"reference", "onnxruntime-nearest", "onnxruntime-int8"}
     assert "int8" in rows["onnxruntime-int8"]["label"] and rows["onnxruntime-int8"]["speedup_vs_reference"] > 0
+    here = detect_int8_path()
+    assert report["hardware"]["int8_path"] == here.kind
+    assert [w.split(":")[0] for w in report["warnings"]] == ["onnxruntime-int8"]
+    assert "records no parity measurement" in report["warnings"][0]
+    printed = capsys.readouterr().out
+    assert f"CPU INT8 path: {here.describe()}" in printed and "WARNING onnxruntime-int8: this INT8 model" in printed
     # an INT8 model that already exists (what make bench does with the shipped one): no calibration data needed
     int8_model = next((tmp_path / "work").glob("*int8*.onnx"))
     assert main(["bench", "--checkpoint", str(tiny_checkpoint), "--resolutions", "96x64", "--dynamic",
@@ -60,6 +70,12 @@ def test_bench_int8_row(tiny_checkpoint: Path, tmp_path: Path) -> None:
                  "--iterations", "2", "--threads", "1", "--json", str(out)]) == 0
     rows = {r["backend"]: r for r in json.loads(out.read_text())["results"]}
     assert set(rows) == {"reference", "onnxruntime-int8"} and "int8" in rows["onnxruntime-int8"]["label"]
+    capsys.readouterr()
+    assert main(["infer", "--model", str(int8_model), "--images", str(calib / "0.png"), "--out", str(tmp_path / "o"),
+                 "--backend", "onnxruntime", "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    assert f"INT8 on {here.cpu}: {here.describe()}" in printed.out
+    assert printed.err.startswith("dicnet infer: warning: this INT8 model records no parity measurement")
 
 
 def test_infer_cli(tiny_onnx: Path, tmp_path: Path) -> None:

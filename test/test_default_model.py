@@ -131,28 +131,40 @@ def test_shipped_models_open_by_bare_name(tmp_path: Path, monkeypatch: pytest.Mo
         open_model("no_such_model.onnx", "onnxruntime", "cpu")
 
 
-def test_int8_model_keeps_the_fp32_quality_on_a_held_out_split(tmp_path: Path) -> None:
-    """Parity INT8 vs FP32 on 24 re-rendered images of a seed used nowhere else. The bar (pooled AUROC within 1
-    point, AUPR within 10 % relative) comes from the model card's 500-image measurement, where the INT8 model is
-    much closer than that; 24 images keep the noise of the comparison small enough for the same bar."""
+def test_int8_model_cannot_saturate_on_avx2() -> None:
+    """On AVX2 and AVX-512 without VNNI ONNX Runtime adds u8 x s8 product pairs in saturating 16-bit integers; with
+    8-bit weights every convolution of the INT8 model could pass +-32767 there (and did: pooled FPR95 +5 points on
+    an AMD EPYC Zen 3). The shipped model's 7-bit weights make it impossible, whatever CPU runs this test."""
+    from dicnet_training.int8_check import saturation_check
+
+    report = saturation_check(package_file(INT8_MODEL))
+    assert report.products >= 42 and not report.not_analysed
+    assert report.can_saturate == [], report.summary()
+    assert report.largest_pair_sum <= 128
+
+
+def test_int8_model_keeps_the_fp32_quality_on_this_cpu(tmp_path: Path) -> None:
+    """The integer kernels of THIS CPU (whichever path it takes) against the same graph run as float arithmetic
+    and against the FP32 model, on 48 re-rendered images of a seed no choice was made on, with the bar of the
+    export (models/README.md#int8: score error and pooled FPR95 within 1 point, AUROC 0.3, AP 3 % relative)."""
     pytest.importorskip("pybullet")
-    from dicnet_ros.data import open_dataset
+    from dicnet_training.int8_check import parity_check
+
     from dicnet_ros.data.sim.generator import generate_split
 
-    generate_split(tmp_path / "sim", "test", 24, seed=4242, size=(384, 216), anomaly_set="all", workers=2,
+    generate_split(tmp_path / "sim", "test", 48, seed=4242, size=(384, 216), anomaly_set="all", workers=2,
                    progress=False)
-    ds = open_dataset(tmp_path / "sim", "test")
-    models = {"fp32": load_model(default_model_path(), "onnxruntime", "cpu"),
-              "int8": load_model(package_file(INT8_MODEL), "onnxruntime", "cpu")}
-    evaluators = {k: AnomalyEvaluator(ds.spec.anomaly_ids, (ds.spec.ignore_id,), keep_exact_pooled=True)
-                  for k in models}
-    for i in range(len(ds)):
-        sample = ds[i]
-        for name, model in models.items():
-            evaluators[name].update(model.infer(sample.image).anomaly_score, sample.label)
-    fp32, int8 = (evaluators[k].compute()["pooled"] for k in ("fp32", "int8"))
-    assert abs(int8["auroc"] - fp32["auroc"]) <= 0.01, (int8, fp32)
-    assert abs(int8["aupr"] - fp32["aupr"]) <= 0.10 * fp32["aupr"], (int8, fp32)
+    result = parity_check(package_file(INT8_MODEL), default_model_path(), tmp_path / "sim", 48)
+    assert result.images == 48 and result.passed, result.summary()
+
+
+def test_int8_model_records_parity_on_the_vnni_and_avx2_paths() -> None:
+    """The export measured its parity natively on a VNNI CPU and on the AVX2 path (emulated), within the bar."""
+    q = load_model(package_file(INT8_MODEL), "onnxruntime", "cpu").metadata.export["quantization"]
+    paths = q["parity"]["paths"]
+    assert {"x86-avx512-vnni", "x86-avx2"} <= set(paths)
+    assert all(not measured["failures"] and measured["images"] >= 48 for measured in paths.values())
+    assert paths["x86-avx2"]["how"] == "qemu-x86_64 -cpu Haswell" and q["weight_bits"] == 7
 
 
 def _ground_truth(bag: Path, topic: str) -> dict[int, np.ndarray]:

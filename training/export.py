@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,9 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 from dicnet_training.command import Outputs, run_command
+from dicnet_training.int8_check import EMULATORS, Int8CheckError, verify_export
 from dicnet_training.quantize import (
     CALIBRATION_METHODS,
     INT8_TARGETS,
+    WEIGHT_BITS,
     Int8Options,
     QuantizationError,
     quantize_int8,
@@ -266,6 +269,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
     out.parent.mkdir(parents=True, exist_ok=True)
     if opts.int8 is not None and (opts.fp16 or opts.separate):
         raise ExportError("--int8 is a precision of the fused graph: combine it with neither --fp16 nor --separate")
+    if opts.int8 is not None and opts.int8.target != "cpu" and (opts.int8.parity_data or opts.int8.parity_emulate):
+        raise ExportError("the INT8 parity check measures ONNX Runtime's CPU kernels: it is for --int8-target cpu")
     model, metadata, _ = model_from_checkpoint(checkpoint)
     pre = model.preprocess_config
     export_model = copy.deepcopy(model).half() if opts.fp16 else model
@@ -309,12 +314,23 @@ def export_onnx(checkpoint: str | Path, out: str | Path, options: ExportOptions 
         meta.calibration = {**meta.calibration, "mu_c": [float(v) for v in model.mu_c]}
     report_path = None
     if opts.int8 is not None:
+        # written next to ``out`` and moved over it only once the checks pass: a refused export loses nothing
+        work = out.with_name(out.stem + ".int8_tmp.onnx")
         try:
-            report = quantize_int8(fp32_out, out, opts.int8)
-        except QuantizationError as exc:
+            report = quantize_int8(fp32_out, work, opts.int8)
+            meta.export = {**meta.export, "quantization": report.metadata()}
+            write_metadata(work, meta)
+            if opts.int8.target == "cpu":  # the saturation and parity of ONNX Runtime's CPU kernels
+                # the FP32 graph the INT8 one came from is the parity's reference: it loads like any model
+                fp32_meta = ModelMetadata(**{**meta.__dict__, "export": {**export_info, "dtype": "float32"}})
+                write_metadata(fp32_out, fp32_meta)
+                verify_export(work, fp32_out, report, opts.int8)
+            os.replace(work, out)
+        except (QuantizationError, Int8CheckError) as exc:
             raise ExportError(str(exc)) from None
         finally:
             fp32_out.unlink(missing_ok=True)
+            work.unlink(missing_ok=True)  # left only by a refused or failed export
         meta.export = {**meta.export, "quantization": report.metadata()}
         report_path = write_report(report, out)[1]
     write_metadata(out, meta)
@@ -466,6 +482,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8-target", choices=INT8_TARGETS, default="cpu",
                         help="cpu (default): uint8 activations, fastest in ONNX Runtime on a CPU; tensorrt: symmetric "
                              "int8 activations, what TensorRT's explicit quantization accepts")
+    parser.add_argument("--int8-weight-bits", type=int, choices=WEIGHT_BITS, default=None,
+                        help="weight range of the cpu target: 7 (default; cannot saturate the 16-bit pair sums of "
+                             "AVX2 / AVX-512 without VNNI) or 8 (only for VNNI / ARM CPUs)")
+    parser.add_argument("--int8-parity-data", type=Path, default=None,
+                        help="labelled held-out images (a dataset root with a test split, e.g. `dicnet sim --split "
+                             "test`) on which the INT8 graph's integer kernels must match its float execution and "
+                             "the FP32 graph; the export is refused outside the bar (models/README.md#int8)")
+    parser.add_argument("--int8-parity-images", type=int, default=120, help="images of --int8-parity-data (120)")
+    parser.add_argument("--int8-emulate", nargs="*", choices=sorted(EMULATORS), default=[],
+                        help="also measure the parity on these CPU paths under a user-mode emulator (x86-avx2: "
+                             "qemu-x86_64 -cpu Haswell, from the qemu-user package)")
+    parser.add_argument("--int8-emulated-images", type=int, default=48,
+                        help="images of --int8-parity-data for each emulated path (48; emulation is slow)")
     parser.add_argument("--int8-max-score-error", type=float, default=0.05,
                         help="relative RMS error of anomaly_score vs FP32 allowed before sensitive layers are kept "
                              "in float (default 0.05)")
@@ -487,7 +516,10 @@ def run(args: argparse.Namespace) -> int:
             print("dicnet export: error: --int8 needs --calibration-data (in-distribution images)", file=sys.stderr)
             return 2
         int8 = Int8Options(args.calibration_data, args.calibration_images, args.calibration_method,
-                           args.int8_target, args.calibration_split, max_score_error=args.int8_max_score_error)
+                           args.int8_target, args.calibration_split, max_score_error=args.int8_max_score_error,
+                           weight_bits=args.int8_weight_bits, parity_data=args.int8_parity_data,
+                           parity_images=args.int8_parity_images, parity_emulate=tuple(args.int8_emulate),
+                           emulated_images=args.int8_emulated_images)
     opts = ExportOptions(network_resolution=args.network_resolution, dynamic=args.dynamic,
                          input_size=args.input_size, fp16=args.fp16, labels=args.labels, separate=args.separate,
                          opset=args.opset, check_parity=args.check_parity, parity_images=list(args.parity_images),
@@ -505,8 +537,18 @@ def _print_result(result: ExportResult) -> int:
         print(f"wrote {result.separate_manifest}")
     if result.int8_report:
         q = result.metadata.export["quantization"]
-        print(f"INT8: {q['quantized_layers']} convolutions quantized, {len(q['float_layers'])} kept in float, score "
-              f"error {q['score_error']:.4f} vs FP32 (report {result.int8_report})")
+        print(f"INT8: {q['quantized_layers']} convolutions quantized ({q['weight_bits']}-bit weights), "
+              f"{len(q['float_layers'])} kept in float, score error {q['score_error']:.4f} vs FP32 (report "
+              f"{result.int8_report})")
+        if q.get("saturation"):
+            print(f"INT8 saturation check: {q['saturation']['can_saturate']} of {q['saturation']['products']} "
+                  "integer products can saturate 16-bit pair sums (AVX2 / AVX-512 without VNNI)")
+        for kind, measured in (q.get("parity") or {}).get("paths", {}).items():
+            m = measured["metrics"]
+            print(f"INT8 parity on {kind} ({measured['how']}, {measured['images']} images): AUROC / AP / FPR95 INT8 "
+                  f"{m['int8']['auroc']:.2f} / {m['int8']['ap']:.2f} / {m['int8']['fpr95']:.2f}, FP32 "
+                  f"{m['fp32']['auroc']:.2f} / {m['fp32']['ap']:.2f} / {m['fp32']['fpr95']:.2f}; score error "
+                  f"{measured['score_error_points']['float_qdq']:.2f} points vs float QDQ")
     if result.parity:
         print(f"parity: {json.dumps(result.parity)}")
     return 0

@@ -7,8 +7,11 @@ and returns float32 maps.
 
 Two targets, because the two runtimes want different activation encodings (measured on this project's model,
 2-core Xeon, 640x360, convolutions only: FP32 27 ms; ``cpu`` 19 ms; ``tensorrt`` 37 ms on the CPU):
-- ``cpu`` (default): asymmetric uint8 activations, int8 per-channel weights. ONNX Runtime folds each ReLU into
-  the quantisation and fuses every Conv into one QLinearConv.
+- ``cpu`` (default): asymmetric uint8 activations, int8 per-channel weights in 7 bits (``reduce_range``, |w| <= 64).
+  ONNX Runtime folds each ReLU into the quantisation and fuses every Conv into one QLinearConv. 7 bits because on
+  AVX2 and AVX-512 without VNNI ONNX Runtime multiplies u8 x s8 with VPMADDUBSW, whose 16-bit pair sums saturate
+  with 8-bit weights (255 x 127 x 2 > 32767; measured: pooled FPR95 up by 5 points there, none on VNNI CPUs);
+  255 x 64 x 2 cannot saturate (``int8_check.saturation_check`` proves it for every exported graph).
 - ``tensorrt``: symmetric int8 activations and weights (zero point 0), the only form TensorRT's explicit
   quantization accepts. On a CPU the ReLUs then stay between Q/DQ pairs and half of the convolutions cannot be
   fused, so this form is for the GPU.
@@ -33,11 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dicnet_training.int8_check import ParityBar
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 INT8_TARGETS = ("cpu", "tensorrt")
+WEIGHT_BITS = (7, 8)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 INPUT_NAME = "image"
 SCORE_OUTPUT = "anomaly_score"
@@ -60,6 +65,16 @@ class Int8Options:
     max_score_error: float = 0.05  # relative RMS error of anomaly_score vs FP32 the INT8 graph may have
     max_float_layers: int = 8
     percentile: float = 99.999
+    weight_bits: int | None = None  # WEIGHT_BITS; None: 7 for the cpu target (see the module doc), 8 for tensorrt
+    parity_data: Path | None = None  # labelled held-out images (dataset root, test split) for int8_check
+    parity_images: int = 120
+    parity_emulate: tuple[str, ...] = ()  # also measure these paths under an emulator (int8_check.EMULATORS)
+    emulated_images: int = 48  # emulation is ~100x slower than the native run
+    parity_bar: ParityBar | None = None  # None: ParityBar() (the bar models/README.md#int8 states)
+
+    def bits(self) -> int:
+        """The weight bits this export uses (the target's default unless set)."""
+        return self.weight_bits or (7 if self.target == "cpu" else 8)
 
 
 @dataclass
@@ -87,12 +102,16 @@ class Int8Report:
     max_score_error: float
     seconds: float
     layers: list[LayerSensitivity] = field(default_factory=list)
+    weight_bits: int = 8
+    saturation: dict[str, Any] = field(default_factory=dict)  # int8_check.SaturationReport.metadata()
+    parity: dict[str, Any] = field(default_factory=dict)  # {"bar": ..., "paths": {kind: ParityResult.metadata()}}
 
     def metadata(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("layers")
         activations = "int8 symmetric" if self.target == "tensorrt" else "uint8 asymmetric"
-        return {"format": "QDQ", "activations": activations, "weights": "int8 symmetric per channel", **data}
+        weights = "int8 symmetric per channel" + (", 7-bit range (reduce_range)" if self.weight_bits == 7 else "")
+        return {"format": "QDQ", "activations": activations, "weights": weights, **data}
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -239,7 +258,7 @@ def quantizable_nodes(model_path: Path) -> tuple[dict[str, str], list[str]]:
 
 
 def _quantize(fp32: Path, out: Path, feed: _ImageFeed | None, method: str, cache: Path, nodes: Sequence[str],
-              percentile: float, target: str) -> Path:
+              percentile: float, target: str, weight_bits: int) -> Path:
     """One QDQ quantization of exactly ``nodes`` (names); tensor ranges from ``cache`` if it exists."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -258,14 +277,42 @@ def _quantize(fp32: Path, out: Path, feed: _ImageFeed | None, method: str, cache
     try:
         quantize_static(
             str(fp32), str(out), feed, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(NETWORK_OPS),
-            per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
+            per_channel=True, reduce_range=weight_bits == 7, weight_type=QuantType.QInt8,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             nodes_to_quantize=list(nodes),
             calibrate_method=methods[method], calibration_cache_path=str(cache),
             extra_options=extra_options)
     finally:
         logging.getLogger().removeFilter(advice)
+    if target == "cpu":
+        _float_layers_read_float(out, set(nodes))
     return out
+
+
+def _float_layers_read_float(path: Path, quantized: set[str]) -> None:
+    """Feed every convolution kept in float the float tensor instead of its quantize -> dequantize copy.
+
+    ONNX Runtime quantizes, at load time, the weights of a float convolution whose input comes from a
+    DequantizeLinear (to per-tensor 8 bits: WeightBiasQuantization), which turns a layer the sensitivity scan kept in
+    float into an integer one that can saturate on AVX2. The quantizer hands such a layer the dequantized tensor when
+    another consumer of the same tensor (the other network's first convolution) is quantized."""
+    import onnx
+
+    model = onnx.load(str(path))
+    producer = {out: node for node in model.graph.node for out in node.output}
+    changed = False
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.name in quantized:
+            continue
+        dequantize = producer.get(node.input[0])
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            continue
+        quantize = producer.get(dequantize.input[0])
+        if quantize is not None and quantize.op_type == "QuantizeLinear":
+            node.input[0] = quantize.input[0]
+            changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 class _DropPreprocessingAdvice(logging.Filter):
@@ -315,6 +362,10 @@ def quantize_int8(fp32_onnx: Path, out: Path, options: Int8Options) -> Int8Repor
         raise QuantizationError(f"INT8 target must be one of {', '.join(INT8_TARGETS)}")
     if options.method not in CALIBRATION_METHODS:
         raise QuantizationError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
+    bits = options.bits()
+    if bits not in WEIGHT_BITS or (bits == 7 and options.target != "cpu"):
+        raise QuantizationError(f"INT8 weights are 7 bits (cpu target only) or 8, not {bits} for the {options.target} "
+                                "target")
     total = options.calibration_images + options.sensitivity_images
     files, label = calibration_files(Path(options.calibration_data), total, options.calibration_split)
     if len(files) < 2:
@@ -338,11 +389,12 @@ def quantize_int8(fp32_onnx: Path, out: Path, options: Int8Options) -> Int8Repor
         cache = work / "calibration.json"
         candidate = work / "candidate.onnx"
         _quantize(fp32_onnx, candidate, feed, options.method, cache, everything, options.percentile,
-                  options.target)  # calibrates
+                  options.target, bits)  # calibrates
         all_int8 = error_of(candidate) if error_of.images else 0.0
         table: list[LayerSensitivity] = []
         for node, layer in layers.items() if error_of.images else ():  # each layer alone in INT8 (cached ranges)
-            _quantize(fp32_onnx, candidate, None, options.method, cache, [node], options.percentile, options.target)
+            _quantize(fp32_onnx, candidate, None, options.method, cache, [node], options.percentile, options.target,
+                      bits)
             table.append(LayerSensitivity(node, layer, error_of(candidate)))
         table.sort(key=lambda row: row.score_error, reverse=True)
         float_layers: list[str] = []
@@ -353,11 +405,11 @@ def quantize_int8(fp32_onnx: Path, out: Path, options: Int8Options) -> Int8Repor
             float_layers.append(row.node)
             row.kept_float = True
             _quantize(fp32_onnx, candidate, None, options.method, cache,
-                      [n for n in everything if n not in float_layers], options.percentile, options.target)
+                      [n for n in everything if n not in float_layers], options.percentile, options.target, bits)
             error = error_of(candidate)
             log.info("kept %s in float: score error %.4f", row.layer, error)
         _quantize(fp32_onnx, candidate, None, options.method, cache,
-                  [n for n in everything if n not in float_layers], options.percentile, options.target)
+                  [n for n in everything if n not in float_layers], options.percentile, options.target, bits)
         model = onnx.load(str(candidate))
         onnx.save(model, str(out))
     if error > options.max_score_error:
@@ -368,7 +420,8 @@ def quantize_int8(fp32_onnx: Path, out: Path, options: Int8Options) -> Int8Repor
         sensitivity_images=len(sens_files),
         dataset=label, dataset_sha256=files_sha256(files), quantized_layers=len(layers) - len(float_layers),
         float_layers=[layers[n] for n in float_layers], score_error=error, score_error_all_int8=all_int8,
-        max_score_error=options.max_score_error, seconds=time.perf_counter() - start, layers=table)
+        max_score_error=options.max_score_error, seconds=time.perf_counter() - start, layers=table,
+        weight_bits=bits)
 
 
 def write_report(report: Int8Report, onnx_path: Path) -> tuple[Path, Path]:
@@ -381,9 +434,25 @@ def write_report(report: Int8Report, onnx_path: Path) -> tuple[Path, Path]:
              f"Calibration: {report.method}, {report.calibration_images} images of {report.dataset} "
              f"(sha256 {report.dataset_sha256[:16]}...); error = relative RMS of `anomaly_score` against FP32 on "
              f"{report.sensitivity_images} held-back images; budget {report.max_score_error:g}.", "",
-             f"All {report.quantized_layers + len(report.float_layers)} convolutions in INT8: error "
-             f"{report.score_error_all_int8:.4f}. Exported: {len(report.float_layers)} kept in float, error "
-             f"{report.score_error:.4f}.", ""]
+             f"Weights: {report.weight_bits}-bit range. All {report.quantized_layers + len(report.float_layers)} "
+             f"convolutions in INT8: error {report.score_error_all_int8:.4f}. Exported: {len(report.float_layers)} "
+             f"kept in float, error {report.score_error:.4f}.", ""]
+    if report.saturation:
+        sat = report.saturation
+        lines += [f"Saturation check ({sat['rule']}): {sat['can_saturate']} of {sat['products']} integer products "
+                  f"can saturate (largest same-sign weight pair {sat['largest_pair_sum']}; above 128 can).", ""]
+    paths = (report.parity or {}).get("paths", {})
+    if paths:
+        lines += ["Parity of the integer kernels (pooled AUROC / AP / FPR95 in %; score error = mean |INT8 - float "
+                  "QDQ| per pixel in % of the score range):", "",
+                  "| CPU path | how | images | INT8 | float QDQ | FP32 | score error | bar |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for kind, r in paths.items():
+            cells = [" / ".join(f"{r['metrics'][k][m]:.2f}" for m in ("auroc", "ap", "fpr95"))
+                     for k in ("int8", "float_qdq", "fp32")]
+            lines.append(f"| {kind} | {r['how']} | {r['images']} | {' | '.join(cells)} | "
+                         f"{r['score_error_points']['float_qdq']:.2f} | {'met' if not r['failures'] else 'MISSED'} |")
+        lines.append("")
     if report.layers:
         lines += ["| layer (PyTorch module) | ONNX node | score error with only this layer in INT8 | kept float |",
                   "|---|---|---|---|"]

@@ -26,6 +26,7 @@ import numpy as np
 
 from dicnet_ros.cli_options import add_device_argument
 from dicnet_ros.inference.base import BackendUnavailableError, ModelLoadError
+from dicnet_ros.inference.cpu_features import detect_int8_path, int8_notice
 from dicnet_ros.preprocessing import parse_size
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ def hardware_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    info: dict[str, Any] = {"cpu": cpu, "cpu_cores": os.cpu_count(), "platform": platform.platform(), "gpu": None}
+    path = detect_int8_path()
+    info: dict[str, Any] = {"cpu": cpu, "cpu_cores": os.cpu_count(), "platform": platform.platform(), "gpu": None,
+                            "int8_path": path.kind, "int8_path_description": path.describe()}
     try:
         import torch
 
@@ -216,7 +219,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "model": {"source": str(args.checkpoint or f"untrained preset '{args.model_config}'"),
                   "config": metadata.model_config, "network_size": [pre.width, pre.height],
                   "parameters_m": round(params / 1e6, 3), "classes": metadata.num_classes},
-        "results": [], "skipped": {},
+        "results": [], "skipped": {}, "warnings": [],
     }
     wanted = [b for b in args.backends if b in BENCH_BACKENDS]
     rng = np.random.default_rng(0)
@@ -245,6 +248,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                                if runtime == "tensorrt" else {"threads": threads})
                     m = load_model(onnx_path, runtime, "cuda" if runtime == "tensorrt" else args.device, **options)
                     calls[backend] = lambda m=m, image=image: m.infer(image)
+                    warning = int8_notice(m)[1]
+                    if warning and f"{backend}: {warning}" not in report["warnings"]:
+                        report["warnings"].append(f"{backend}: {warning}")
+                        log.warning("%s: %s", backend, warning)
                     precision = m.describe()["precision"]
                     labels[backend] = f"{runtime} fused {precision} (ids: {PRECISION_BACKENDS[backend][1]})"
                 elif backend.startswith("onnxruntime"):
@@ -283,6 +290,7 @@ def format_table(report: dict[str, Any]) -> str:
              f"hardware: {hw['cpu']} ({hw['cpu_cores']} cores){', GPU ' + hw['gpu'] if hw['gpu'] else ''}; "
              f"threads {report['settings']['threads']}; " +
              ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
+             f"CPU INT8 path: {hw['int8_path_description']}",
              f"{'input':>10} | {'backend':<40} | {'p50 ms':>8} | {'p95 ms':>8} | {'FPS':>7} | speed-up",
              "-" * 98]
     for r in report["results"]:
@@ -291,6 +299,8 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{r['fps']:7.2f} | {speed}")
     for name, why in report["skipped"].items():
         lines.append(f"skipped {name}: {why}")
+    for warning in report.get("warnings", []):
+        lines.append(f"WARNING {warning}")
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ from dicnet_ros.cli_options import (  # noqa: F401 - mask_threshold: part of thi
     mask_threshold,
 )
 from dicnet_ros.inference.base import AnomalyModel, BackendUnavailableError, ModelLoadError
+from dicnet_ros.inference.cpu_features import int8_notice
 from dicnet_ros.inference.registry import load_model
 from dicnet_ros.metrics.domain import domain_fields
 
@@ -228,6 +229,11 @@ def _infer_all(args: argparse.Namespace, model, inputs: ImageInputs) -> int:
     """Every image through ``model``; results written as they come, one stderr line per failure."""
     if args.threshold is not None:
         model.threshold = args.threshold
+    int8_line, int8_warning = int8_notice(model)
+    if int8_line:
+        print(int8_line)
+    if int8_warning:
+        report(f"warning: {int8_warning}")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         writer = ResultWriter(args.out, model)
