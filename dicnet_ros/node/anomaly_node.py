@@ -252,6 +252,13 @@ class AnomalyNode(Node):
             camera.threshold = own if math.isfinite(own) else node_threshold
 
     def _log_ready(self) -> None:
+        from dicnet_ros.inference.cpu_features import int8_notice
+
+        line, warning = int8_notice(self._model)  # an INT8 model on the CPU: which integer kernels run it
+        if line:
+            self.get_logger().info(line)
+        if warning:
+            self.get_logger().warning(warning)
         info = self._model.describe()
         domain = self._model.domain_threshold
         inputs = ", ".join(f"{c.spec.label}: {c.topic} ({c.spec.input_qos}, {c.spec.transport}, decoder "

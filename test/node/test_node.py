@@ -801,3 +801,15 @@ def test_a_model_without_a_domain_score_still_runs(harness: Harness, tiny_onnx: 
                                       if s.name.startswith("/cam_nodomain/anomaly_node")), None), timeout=5.0)
     values = {kv.key: kv.value for kv in status.values}
     assert values["domain_state"] == "unavailable" and "unavailable" in values["domain_message"]
+
+
+def test_start_up_names_the_cpus_int8_path() -> None:
+    """An INT8 model on the CPU: the start-up log says which integer kernels run it (and warns where the model's
+    parity was not measured on that path)."""
+    from dicnet_ros.inference.cpu_features import detect_int8_path
+
+    proc = run_node_process("-p", "model_path:=dicnet_sim_default_int8.onnx", "-p", "backend:=onnxruntime",
+                            "-p", "device:=cpu", "-p", "enabled:=false", timeout_after_ready=0.5)
+    output = proc.stdout + proc.stderr
+    assert f"INT8 on {detect_int8_path().cpu}" in output, output
+    assert "Traceback" not in output
