@@ -35,7 +35,7 @@ class CheckpointError(RuntimeError):
 
 
 #: the weight tensors of a checkpoint; their digest (dicnet_ros.integrity) is stored beside them
-WEIGHT_KEYS = ("teacher", "student", "outlier_head")
+WEIGHT_KEYS = ("teacher", "student", "outlier_head", "domain_head")
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
