@@ -9,15 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torchvision
-from real_fixtures import make_cityscapes, make_coco_outliers, make_smiyc
 
-from dicnet_ros.cli import main as dicnet
-from dicnet_ros.data import open_dataset
-from dicnet_ros.data.outlier_objects import OutlierObjects, PastedObjects
-from dicnet_ros.model.backbones import build_backbone
-from dicnet_ros.model.checkpoint import load_checkpoint
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+from real_fixtures import make_cityscapes, make_coco_outliers, make_smiyc  # noqa: E402
+
+from dicnet_ros.cli import main as dicnet  # noqa: E402
+from dicnet_ros.data import open_dataset  # noqa: E402
+from dicnet_ros.data.outlier_objects import OutlierObjects, PastedObjects  # noqa: E402
+from dicnet_ros.model.backbones import build_backbone  # noqa: E402
+from dicnet_ros.model.checkpoint import load_checkpoint  # noqa: E402
 
 TINY = [  # the paper's networks shrunk to seconds on a CPU; everything else is cityscapes.yaml's
     "model.teacher_backbone=resnet18", "model.feature_channels=16", "model.teacher_ppm_channels=4",

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("torch")
+
 from real_fixtures import make_anomaly_folder, make_lost_and_found, make_road_anomaly, make_smiyc
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 

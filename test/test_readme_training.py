@@ -17,6 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+pytest.importorskip("torch")
+
 import yaml
 from dicnet_training.config import load_config
 

@@ -8,6 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+pytest.importorskip("PIL")
+
 from PIL import Image
 from real_fixtures import (
     REAL_LAF,

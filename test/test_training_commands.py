@@ -13,6 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+pytest.importorskip("torch")
+
 import yaml
 from dicnet_training.command import Outputs, run_command
 from dicnet_training.config import ConfigError, check_keys, load_config, valid_keys

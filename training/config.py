@@ -22,8 +22,8 @@ from dicnet_ros.cli_options import add_device_argument
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 #: Every setting of the plain sections with its default: the schema of those sections (a new setting is added
-#: here, once); the keys of ``model``, ``input``, ``augment``, ``student.augment``, ``student.outlier_exposure`` and
-#: ``outlier_head`` are the fields of the classes that read them (``typed_sections``).
+#: here, once); the keys of ``model``, ``input``, ``augment``, ``student.augment``, ``student.outlier_exposure``,
+#: ``outlier_head`` and ``data.outlier_objects`` are those of the code that reads them (``typed_sections``).
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "out_dir": "runs/dicnet",
@@ -62,6 +62,7 @@ def typed_sections() -> dict[tuple[str, ...], frozenset[str]]:
     """Sections whose keys are the fields of the class that reads them (the class is the schema), less the fields
     the program fills in itself: the class count (from the dataset), the augmentation's crop size and ignore id
     (from ``input`` and the dataset)."""
+    from dicnet_training.data import OUTLIER_OBJECT_KEYS
     from dicnet_training.losses import OutlierExposure, OutlierHeadConfig
 
     from dicnet_ros.data.transforms import TrainAugment
@@ -74,7 +75,8 @@ def typed_sections() -> dict[tuple[str, ...], frozenset[str]]:
     augment = names(TrainAugment, "crop_size", "ignore_id")
     return {("model",): names(ModelConfig, "num_classes"), ("input",): names(PreprocessConfig),
             ("augment",): augment, ("student", "augment"): augment,
-            ("student", "outlier_exposure"): names(OutlierExposure), ("outlier_head",): names(OutlierHeadConfig)}
+            ("student", "outlier_exposure"): names(OutlierExposure), ("outlier_head",): names(OutlierHeadConfig),
+            ("data", "outlier_objects"): frozenset(OUTLIER_OBJECT_KEYS)}
 
 
 @functools.cache
