@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "outlier_head": {},
 }
 
+#: The keys of ``data.outlier_objects`` (read by ``dicnet_training.data.with_outlier_objects``).
+OUTLIER_OBJECT_KEYS: frozenset[str] = frozenset({"root", "probability", "max_images", "mask_value", "scale_range"})
+
 #: Sections whose keys are the user's own: constructor options of the dataset kind (``open_dataset`` checks
 #: them) and image limits per split.
 OPEN_SECTIONS: frozenset[tuple[str, ...]] = frozenset({("data", "options"), ("data", "max_images")})
@@ -62,7 +65,6 @@ def typed_sections() -> dict[tuple[str, ...], frozenset[str]]:
     """Sections whose keys are the fields of the class that reads them (the class is the schema), less the fields
     the program fills in itself: the class count (from the dataset), the augmentation's crop size and ignore id
     (from ``input`` and the dataset)."""
-    from dicnet_training.data import OUTLIER_OBJECT_KEYS
     from dicnet_training.losses import OutlierExposure, OutlierHeadConfig
 
     from dicnet_ros.data.transforms import TrainAugment
@@ -76,7 +78,7 @@ def typed_sections() -> dict[tuple[str, ...], frozenset[str]]:
     return {("model",): names(ModelConfig, "num_classes"), ("input",): names(PreprocessConfig),
             ("augment",): augment, ("student", "augment"): augment,
             ("student", "outlier_exposure"): names(OutlierExposure), ("outlier_head",): names(OutlierHeadConfig),
-            ("data", "outlier_objects"): frozenset(OUTLIER_OBJECT_KEYS)}
+            ("data", "outlier_objects"): OUTLIER_OBJECT_KEYS}
 
 
 @functools.cache

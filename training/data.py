@@ -52,13 +52,12 @@ def open_split(cfg: dict[str, Any], split_key: str) -> Any:
     return ds
 
 
-OUTLIER_OBJECT_KEYS = ("root", "probability", "max_images", "mask_value", "scale_range")
-
-
 def with_outlier_objects(ds: Any, cfg: dict[str, Any]) -> Any:
     """The training set with object cut-outs pasted in (``data.outlier_objects``, see
     ``dicnet_ros.data.outlier_objects``); unchanged when the section has no root. Used by the stages that learn
     from outlier proxies (distill, fit-outlier-head), never by the teacher or on validation / evaluation images."""
+    from dicnet_training.config import OUTLIER_OBJECT_KEYS
+
     from dicnet_ros.data.outlier_objects import COCO_OBJECT_VALUE, OutlierObjects, PastedObjects
 
     section = (cfg.get("data") or {}).get("outlier_objects") or {}
@@ -66,7 +65,7 @@ def with_outlier_objects(ds: Any, cfg: dict[str, Any]) -> Any:
         raise ValueError("data.outlier_objects must be a mapping (root, probability, max_images, ...)")
     unknown = sorted(set(section) - set(OUTLIER_OBJECT_KEYS))
     if unknown:
-        raise ValueError(f"data.outlier_objects: unknown keys {unknown}; known: {list(OUTLIER_OBJECT_KEYS)}")
+        raise ValueError(f"data.outlier_objects: unknown keys {unknown}; known: {sorted(OUTLIER_OBJECT_KEYS)}")
     if not section.get("root"):
         return ds
     objects = OutlierObjects(section["root"], int(section.get("mask_value", COCO_OBJECT_VALUE)),
