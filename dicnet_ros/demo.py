@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from dicnet_ros.metrics.domain import DomainTally, summary_line
 from dicnet_ros.resources import package_file
 
 DEMO_BAG = "models/demo/sim_demo_stream"
@@ -47,6 +49,7 @@ class _Collected:
     score: dict[int, np.ndarray] = field(default_factory=dict)
     msp: dict[int, np.ndarray] = field(default_factory=dict)
     overlay: dict[int, np.ndarray] = field(default_factory=dict)
+    domain_score: dict[int, float] = field(default_factory=dict)  # from ~/domain, nan without a domain score
     image_arrival: dict[int, float] = field(default_factory=dict)  # wall clock, s
     score_arrival: dict[int, float] = field(default_factory=dict)
     first_output: float | None = None
@@ -183,6 +186,7 @@ def _overlay_grid(frames: dict[int, np.ndarray], masks: dict[int, np.ndarray], d
 
 def _collector(node: Any, collected: _Collected, ns: str, compressed: bool = False) -> list[Any]:
     """Subscriptions that keep what the node publishes (reliable, deep enough for the whole stream)."""
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CompressedImage, Image
 
@@ -201,6 +205,11 @@ def _collector(node: Any, collected: _Collected, ns: str, compressed: bool = Fal
 
         return callback
 
+    def domain_arrived(msg: Any) -> None:
+        values = {kv.key: kv.value for status in msg.status for kv in status.values}
+        with collected.lock:
+            collected.domain_score[_stamp_ns(msg.header)] = float(values.get("domain_score", "nan"))
+
     def image_arrived(msg: Any) -> None:
         with collected.lock:
             collected.image_arrival.setdefault(_stamp_ns(msg.header), time.monotonic())
@@ -209,6 +218,7 @@ def _collector(node: Any, collected: _Collected, ns: str, compressed: bool = Fal
         node.create_subscription(Image, f"{ns}/anomaly_score", keep(collected.score, True), qos),
         node.create_subscription(Image, f"{ns}/msp_score", keep(collected.msp), qos),
         node.create_subscription(Image, f"{ns}/overlay", keep(collected.overlay), qos),
+        node.create_subscription(DiagnosticArray, f"{ns}/domain", domain_arrived, qos),
         node.create_subscription(CompressedImage, f"{ns}/image/compressed", image_arrived, qos) if compressed
         else node.create_subscription(Image, f"{ns}/image", image_arrived, qos),
     ]
@@ -275,6 +285,8 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"{_fmt(s['fps'])} FPS, latency image->score p50 {_fmt(s['latency_p50_ms'])} ms / "
         f"p95 {_fmt(s['latency_p95_ms'])} ms (wall clock, received frame to received score map)",
     ]
+    if s.get("domain"):
+        lines.append(f"- {summary_line(s['domain'], split_metrics=False)}")
     lines += [f"- {line}" for line in s.get("ground_truth_lines", [])]
     if s.get("no_metrics"):
         lines += [f"- no metrics: {s['no_metrics']}"]
@@ -333,6 +345,7 @@ def run_demo(out_dir: Path, model: str = "", bag: str = "", rate: float = 1.0, b
             raise SystemExit(f"the node could not start: {exc}") from None
         described = node.model.describe()
         threshold = node.model.threshold
+        domain_threshold = node.model.domain_threshold
         score_range = node.model.metadata.score_range
         display_range = node.model.metadata.display_range  # the node's colours (~/overlay)
         listener = rclpy.create_node("dicnet_demo_listener",
@@ -400,6 +413,10 @@ def run_demo(out_dir: Path, model: str = "", bag: str = "", rate: float = 1.0, b
     # end to end on the wall clock: the camera frame reaching a subscriber -> its score map reaching one
     latencies = np.asarray([1e3 * (t - collected.image_arrival[s]) for s, t in collected.score_arrival.items()
                             if s in collected.image_arrival], np.float64)
+    domain = DomainTally(domain_threshold)
+    for stamp in sorted(collected.score):
+        score = collected.domain_score.get(stamp, math.nan)
+        domain.add(None if math.isnan(score) else score)
     summary = {
         "out_dir": str(out_dir),
         "bag": str(bag_path),
@@ -412,6 +429,7 @@ def run_demo(out_dir: Path, model: str = "", bag: str = "", rate: float = 1.0, b
         "frames_processed": processed,
         "frames_dropped": int(frames - processed),
         "node_stats": stats,
+        "domain": domain.summary(),
         "fps": (processed - 1) / span if processed > 1 and span > 0 else None,
         "wall_s": wall,
         "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies.size else None,

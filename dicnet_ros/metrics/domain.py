@@ -67,16 +67,18 @@ class DomainTally:
                 "score_max": max(finite) if finite else None}
 
 
-def summary_line(summary: dict[str, Any]) -> str:
-    """One Markdown sentence for a report: how many frames were out of domain, or why nobody can tell."""
+def summary_line(summary: dict[str, Any], split_metrics: bool = True) -> str:
+    """One Markdown sentence for a report: how many frames were out of domain, or why nobody can tell;
+    ``split_metrics``: the report also lists the metrics over the in-domain frames."""
     if not summary.get("available"):
         return ("Out-of-domain alarm: not available (the model has no domain score; calibrate and export it again "
                 "to get one).")
     share, largest = summary["share_out_of_domain"], summary.get("score_max")
     return (f"Out-of-domain alarm: {summary['out_of_domain']} of {summary['frames']} frames out of domain "
             f"({'n/a' if share is None else f'{100.0 * share:.1f} %'}; domain score above {summary['threshold']:g}"
-            f"{'' if largest is None else f', largest {largest:.2f}'}). Metrics over the in-domain frames only are "
-            f"listed beside those over all frames.")
+            f"{'' if largest is None else f', largest {largest:.2f}'})."
+            + (" Metrics over the in-domain frames only are listed beside those over all frames." if split_metrics
+               else ""))
 
 
 class DomainSplitEvaluator:
