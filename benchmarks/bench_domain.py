@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dicnet_ros.data.domain_shift import DEGENERATE_FRAMES, PHOTOMETRIC_SHIFTS, degenerate_frame, photometric_shift
+from dicnet_ros.image_conversion import DEFAULT_MAX_PIXELS
 from dicnet_ros.inference import load_model
 from dicnet_ros.inference.infer_cli import image_files, read_rgb
 from dicnet_ros.metrics.domain import DomainTally
@@ -43,7 +44,7 @@ def dataset_images(root: Path, split: str = "test", limit: int | None = None) ->
 
 def folder_images(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
     for path in image_files([folder]).files:
-        yield path.name, read_rgb(path)
+        yield path.name, read_rgb(path, DEFAULT_MAX_PIXELS)
 
 
 def demo_images() -> Iterator[tuple[str, np.ndarray]]:

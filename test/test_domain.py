@@ -205,3 +205,28 @@ def test_in_domain_metrics_leave_the_flagged_frames_out() -> None:
     no_alarm = DomainSplitEvaluator(make)
     no_alarm.update(*frames[0], None, None)
     assert no_alarm.in_domain is None
+
+
+def test_bench_domain_reads_folders_of_photographs_and_the_demo_stream(tiny_onnx: Path, tmp_path: Path) -> None:
+    """benchmarks/bench_domain.py as the README runs it: a folder of photographs (PNG and JPEG) and the demo
+    stream, each frame counted in the JSON report."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, ext in enumerate((".png", ".jpg", ".png")):
+        cv2.imwrite(str(photos / f"street_{i}{ext}"), _image(i, (72, 128))[:, :, ::-1])
+    report = tmp_path / "domain.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_domain.py"
+    result = subprocess.run([sys.executable, str(script), "--model", str(tiny_onnx), "--real", str(photos),
+                             "--demo", "--json", str(report)], capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads(report.read_text())
+    real = saved["real"][str(photos)]
+    assert len(real["frames"]) == 3 and all(f["domain_score"] is not None for f in real["frames"])
+    assert sorted(f["image"] for f in real["frames"]) == ["street_0.png", "street_1.jpg", "street_2.png"]
+    assert len(saved["in_domain"]["demo stream"]["frames"]) == 30
