@@ -371,7 +371,7 @@ def run_demo(out_dir: Path, model: str = "", bag: str = "", rate: float = 1.0, b
         try:
             deadline = time.monotonic() + startup_timeout  # DDS discovery of the node's private topics
             while time.monotonic() < deadline and any(
-                    listener.count_publishers(f"{ns}/{t}") == 0 for t in ("anomaly_score", "overlay")):
+                    listener.count_publishers(f"{ns}/{t}") == 0 for t in ("anomaly_score", "overlay", "domain")):
                 time.sleep(0.05)
             print(f"[demo] replaying {stream.image_topic} of {bag_path} (speed x{rate:g}) into {node_input} ...",
                   flush=True)
