@@ -45,6 +45,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def write_calibration_folder(folder: Path, count: int = 10) -> Path:
+    """Smooth random 'scenes' (blurred noise, 96x64 PNG): in-distribution enough for a random-weight model's INT8
+    calibration."""
+    import cv2
+
+    rng = np.random.default_rng(7)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), (0, 0), 2.0)
+        cv2.imwrite(str(folder / f"{i:03d}.png"), image)
+    return folder
+
+
+@pytest.fixture
+def calibration_folder() -> Callable[..., Path]:
+    """``calibration_folder(folder, count=10)``: writes ``write_calibration_folder`` there."""
+    return write_calibration_folder
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Student-stage checkpoint: lite teacher/student (widths 8-24, 32 ch), 5 classes, network 96x64,

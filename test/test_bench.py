@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,19 +36,14 @@ def test_bench_writes_json(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest
     assert "reference" in capsys.readouterr().out
 
 
-def test_bench_int8_row(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bench_int8_row(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                        calibration_folder: Callable[..., Path]) -> None:
     """The INT8 row, the CPU's INT8 path in the report, and the warning for a model whose export measured no parity
     (this one had no labelled data); `dicnet infer` names the path and warns the same way."""
-    import cv2
-
     from dicnet_ros.cli import main
     from dicnet_ros.inference.cpu_features import detect_int8_path
 
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        cv2.imwrite(str(calib / f"{i}.png"), cv2.GaussianBlur(rng.integers(0, 256, (64, 96, 3), np.uint8), (0, 0), 2))
+    calib = calibration_folder(tmp_path / "calib", count=6)
     out = tmp_path / "bench.json"
     assert main(["bench", "--checkpoint", str(tiny_checkpoint), "--resolutions", "96x64", "--dynamic",
                  "--backends", "reference,onnxruntime-nearest,onnxruntime-int8", "--calibration-data", str(calib),
@@ -71,7 +67,7 @@ def test_bench_int8_row(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.Ca
     rows = {r["backend"]: r for r in json.loads(out.read_text())["results"]}
     assert set(rows) == {"reference", "onnxruntime-int8"} and "int8" in rows["onnxruntime-int8"]["label"]
     capsys.readouterr()
-    assert main(["infer", "--model", str(int8_model), "--images", str(calib / "0.png"), "--out", str(tmp_path / "o"),
+    assert main(["infer", "--model", str(int8_model), "--images", str(calib / "000.png"), "--out", str(tmp_path / "o"),
                  "--backend", "onnxruntime", "--device", "cpu"]) == 0
     printed = capsys.readouterr()
     assert f"INT8 on {here.cpu}: {here.describe()}" in printed.out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -168,23 +169,11 @@ def test_score_class_window_and_fusion_weights_export_with_parity(tmp_path: Path
     assert {k: stored[k] for k in settings} == settings
 
 
-def _calibration_folder(folder: Path, count: int = 10) -> Path:
-    """Smooth random 'scenes' (blurred noise): in-distribution enough for a random-weight model."""
-    import cv2
-
-    rng = np.random.default_rng(7)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        image = cv2.GaussianBlur(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), (0, 0), 2.0)
-        cv2.imwrite(str(folder / f"{i:03d}.png"), image)
-    return folder
-
-
-def test_int8_export_is_a_qdq_graph_with_its_calibration_in_the_metadata(tiny_checkpoint: Path,
-                                                                         tmp_path: Path) -> None:
+def test_int8_export_is_a_qdq_graph_with_its_calibration_in_the_metadata(
+        tiny_checkpoint: Path, tmp_path: Path, calibration_folder: Callable[..., Path]) -> None:
     from dicnet_training.quantize import Int8Options
 
-    calib = _calibration_folder(tmp_path / "calib")
+    calib = calibration_folder(tmp_path / "calib")
     out = tmp_path / "tiny_int8.onnx"
     result = export_onnx(tiny_checkpoint, out, ExportOptions(dynamic=True, check_parity=2, int8=Int8Options(
         calib, calibration_images=10, sensitivity_images=3, max_score_error=1e-6, max_float_layers=2)))
@@ -230,11 +219,12 @@ def test_int8_cli_needs_calibration_data(tiny_checkpoint: Path, tmp_path: Path, 
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_int8_export_of_a_fixed_input_size(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_int8_export_of_a_fixed_input_size(tiny_checkpoint: Path, tmp_path: Path,
+                                           calibration_folder: Callable[..., Path]) -> None:
     """Calibration images of another size are resized to the size the graph was exported for."""
     from dicnet_training.quantize import Int8Options
 
-    calib = _calibration_folder(tmp_path / "calib", count=4)  # 96x64 images
+    calib = calibration_folder(tmp_path / "calib", count=4)  # 96x64 images
     out = tmp_path / "fixed_int8.onnx"
     export_onnx(tiny_checkpoint, out, ExportOptions(input_size=(160, 90), int8=Int8Options(
         calib, calibration_images=4, sensitivity_images=1)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -200,19 +201,14 @@ def _tensor_types(model: object) -> dict[str, int]:
     return types
 
 
-def test_tensorrt_int8_export_dequantizes_int8_only(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_tensorrt_int8_export_dequantizes_int8_only(tiny_checkpoint: Path, tmp_path: Path,
+                                                    calibration_folder: Callable[..., Path]) -> None:
     """onnx-tensorrt takes DequantizeLinear of INT8 (FP8, INT4) data; an INT32 bias DequantizeLinear is not for it."""
-    import cv2
-    import numpy as np
     import onnx
 
     from dicnet_ros.cli import main as dicnet
 
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(5):
-        cv2.imwrite(str(calib / f"{i}.png"), cv2.GaussianBlur(rng.integers(0, 256, (64, 96, 3), np.uint8), (0, 0), 2))
+    calib = calibration_folder(tmp_path / "calib", count=5)
     out = tmp_path / "trt_int8.onnx"
     assert dicnet(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--int8", "--int8-target",
                    "tensorrt", "--calibration-data", str(calib), "--calibration-images", "5"]) == 0
