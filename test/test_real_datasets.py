@@ -90,6 +90,7 @@ def test_fishyscapes_smiyc_layout_takes_images_from_lost_and_found(tmp_path: Pat
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     laf = tmp_path / "dataset_LostAndFound"
     make_lost_and_found(laf, real_size_frame=False)
+    make_cityscapes(tmp_path / "cityscapes")  # the training set beside it, sorted first: never taken for LostAndFound
     expected = make_fishyscapes_smiyc(tmp_path / "dataset_FishyLAF", laf)
     monkeypatch.delenv("DIR_LAF", raising=False)
     assert detect_kind(tmp_path / "dataset_FishyLAF") == "fishyscapes_laf"

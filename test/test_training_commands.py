@@ -52,8 +52,9 @@ def test_config_keys_come_from_the_schema() -> None:
     assert {f"model.{f.name}" for f in fields(ModelConfig)} - keys == {"model.num_classes"}  # from the dataset
     assert {f"outlier_head.{f.name}" for f in fields(OutlierHeadConfig)} <= keys
     assert {f"student.outlier_exposure.{f.name}" for f in fields(OutlierExposure)} <= keys
-    assert {"teacher.epochs", "student.schedule", "calibration.mu_max_images", "eval.curve_pixels"} <= keys
-    for name in ("ci", "sim", "streethazards", "bdd_anomaly"):
+    assert {"teacher.epochs", "student.schedule", "calibration.mu_max_images", "eval.curve_pixels",
+            "calibration.domain_threshold", "calibration.domain_rank", "data.outlier_objects.root"} <= keys
+    for name in ("ci", "sim", "streethazards", "bdd_anomaly", "cityscapes"):
         load_config(name)
     stored = load_checkpoint(REPO / "models/dicnet_sim_default.pt")["metadata"]["training"]["config"]
     check_keys({k: v for k, v in stored.items() if k != "config_path"}, "the shipped model's training config")

@@ -157,9 +157,10 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
     target_fpr = float(target_fpr if target_fpr is not None else cal.get("target_fpr", 0.01))
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"target FPR must be in (0, 1), got {target_fpr}")
-    domain_threshold = float(domain_threshold if domain_threshold is not None
-                             else cal.get("domain_threshold", DEFAULT_DOMAIN_THRESHOLD))
-    domain_rank = int(domain_rank if domain_rank is not None else cal.get("domain_rank", DEFAULT_RANK))
+    # the argument, else the config's value (null there: the default)
+    domain_threshold = float(next(v for v in (domain_threshold, cal.get("domain_threshold"), DEFAULT_DOMAIN_THRESHOLD)
+                                  if v is not None))
+    domain_rank = int(next(v for v in (domain_rank, cal.get("domain_rank"), DEFAULT_RANK) if v is not None))
     if not (math.isfinite(domain_threshold) and domain_threshold > 0):
         raise ValueError(f"domain threshold must be a positive number of standard deviations, got {domain_threshold}")
     if domain_rank < 1:

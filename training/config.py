@@ -40,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "distributed": {"backend": "auto", "sync_bn": False},
     "amp": True,
     "calibration": {"target_fpr": 0.01, "split": "val", "mu_split": "val", "max_pixels": 20_000_000,
-                    "mu_max_images": None},
+                    "mu_max_images": None, "domain_threshold": None, "domain_rank": None},
     "eval": {"split": "test", "batch_size": 2, "minmax": False, "num_bins": 10000, "exact_pooled": True,
              "qualitative": 4, "curve_pixels": 200_000, "workers": 1},
     "outlier_head": {},

@@ -177,8 +177,8 @@ def evaluate(checkpoint: str | Path, cfg: dict[str, Any], out_dir: str | Path, s
                                       "anomaly": is_anom, "msp": maps_np["msp"][i],
                                       "dicnet": maps_np[f"dicnet_{meta.scoring_mode}"][i]})
     if ctx.distributed:
-        for split in evaluators.values():
-            for e in split.evaluators():
+        for pair in evaluators.values():
+            for e in pair.evaluators():
                 e.all_reduce()
         conf = tdist.all_reduce_sum(conf.to(ctx.device), ctx).cpu()
     domain_summary = domain.summary()

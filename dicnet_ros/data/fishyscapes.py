@@ -47,10 +47,13 @@ def find_laf_root(root: Path, laf_root: str | Path | None) -> Path:
     candidates = [Path(laf_root)] if laf_root else []
     if not candidates and os.environ.get("DIR_LAF"):
         candidates.append(Path(os.environ["DIR_LAF"]))
-    if not candidates:
+    named = bool(candidates)
+    if not named:
         candidates = [root, *sorted(p for p in root.resolve().parent.iterdir() if p.is_dir() and p != root.resolve())]
     for candidate in candidates:
-        if (candidate / "leftImg8bit").is_dir():
+        # a folder found by looking around must not be Cityscapes (leftImg8bit/ + gtFine/), often right beside it
+        if (candidate / "leftImg8bit").is_dir() and (named or looks_like_lost_and_found(candidate)
+                                                     or not (candidate / "gtFine").is_dir()):
             return candidate
     raise FileNotFoundError(f"Fishyscapes L&F at {root} takes its images from LostAndFound, which was not found "
                             f"(looked in {', '.join(str(c) for c in candidates[:4])}); pass laf_root= or set DIR_LAF "
@@ -71,8 +74,6 @@ class FishyscapesLAF(AnomalyBenchmark):
         labels_dir = root / SMIYC_LABELS
         if labels_dir.is_dir() and any(labels_dir.glob(f"*{SMIYC_LABEL_SUFFIX}")):
             laf = find_laf_root(root, laf_root)
-            if not looks_like_lost_and_found(laf) and not (laf / "leftImg8bit").is_dir():
-                raise FileNotFoundError(f"{laf} has no leftImg8bit/ (LostAndFound images)")
             images = {**laf_images(laf, "train"), **laf_images(laf, "test")}
             for label in sorted(labels_dir.glob(f"*{SMIYC_LABEL_SUFFIX}")):
                 fid = label.name[: -len(SMIYC_LABEL_SUFFIX)]

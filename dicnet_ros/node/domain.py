@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from dicnet_ros.metrics.domain import in_domain
+
 UNAVAILABLE = "unavailable"  # the model has no domain score or no calibrated domain threshold
 UNKNOWN = "unknown"  # no frame scored yet
 IN_DOMAIN = "in_domain"
@@ -50,8 +52,8 @@ class DomainMonitor:
         return self.threshold is not None
 
     def out(self, score: float) -> bool:
-        """This frame alone is out of domain (NaN counts as out: a score the model cannot give is no comfort)."""
-        return self.threshold is not None and not score <= self.threshold
+        """This frame alone is out of domain (the reports' rule, ``metrics.domain.in_domain``: NaN counts as out)."""
+        return in_domain(score, self.threshold) is False
 
     def update(self, score: float | None) -> DomainChange | None:
         """Feed one frame's score; returns the change when this frame completes one."""

@@ -31,13 +31,22 @@ def _handle(signum: int, frame: Any) -> None:
 
 
 def install_stop_handlers() -> None:
-    """Route every stop signal to one shutdown request (idempotent; call it first thing in an entry point)."""
+    """Route every stop signal to one shutdown request (idempotent; call it first thing in an entry point). A signal
+    the process was started with ignored stays ignored (``nohup``: a closed terminal's SIGHUP), as Python does."""
     global _installed
     if _installed:
         return
     for sig in STOP_SIGNALS:
-        signal.signal(sig, _handle)
+        if sig not in _ignored_at_start:
+            signal.signal(sig, _handle)
     _installed = True
+
+
+def _started_ignoring() -> frozenset[int]:
+    return frozenset(sig for sig in STOP_SIGNALS if signal.getsignal(sig) is signal.SIG_IGN)
+
+
+_ignored_at_start = _started_ignoring()
 
 
 def stop_requested() -> threading.Event:
@@ -59,8 +68,9 @@ def ignore_further_signals() -> None:
 
 def leave_with_parent(parent_pid: int | None = None) -> bool:
     """Ask for SIGTERM when the parent process dies (Linux); True when set up. If the parent is already gone
-    (reparented before the request took effect) a stop is requested at once."""
-    if not sys.platform.startswith("linux"):
+    (reparented before the request took effect) a stop is requested at once. Not for a process started with SIGHUP
+    ignored (``nohup``): it is meant to outlive its shell."""
+    if not sys.platform.startswith("linux") or signal.SIGHUP in _ignored_at_start:
         return False
     import ctypes  # here, not at the top: the handlers must go in before any avoidable import
 

@@ -36,3 +36,19 @@ def test_no_domain_score_means_unavailable() -> None:
         assert level == "OK" and "unavailable" in text
     monitor = DomainMonitor(5.0, 3)
     assert monitor.update(None) is None and monitor.state != OUT_OF_DOMAIN  # an older model's frames: nothing
+
+
+def test_signals_ignored_at_start_stay_ignored() -> None:
+    """``nohup dicnet node``: SIGHUP was ignored when the process started, so a closed terminal must not stop the
+    node, neither through its handler nor through the parent-death signal; the other stop signals still stop it."""
+    import subprocess
+    import sys
+
+    code = ("import signal\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+            "from dicnet_ros.node import signals\n"
+            "signals.install_stop_handlers()\n"
+            "print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is "
+            "signal.SIG_DFL, signals.leave_with_parent())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.split() == ["True", "False", "False"], result.stdout + result.stderr
