@@ -31,6 +31,7 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import NameValidationException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_srvs.srv import SetBool
@@ -79,13 +80,14 @@ class AnomalyNode(Node):
                 self._p["model_path"], self._p["backend"], self._p["device"], self._p["engine_cache_dir"],
                 self._p["num_threads"], batch)
             self._setup_model(specs)
-        except (ParameterError, NodeStartupError) as exc:
+            self._worker = InferenceWorker(self._model, [], self._p["max_batch"], f"{node_name}_inference")
+            # rclpy checks each camera's topic names here (camera.NAME.image_topic is free text)
+            self.cameras = [CameraPipeline(self, spec, self._p, self._worker.notify) for spec in specs]
+        except (ParameterError, NodeStartupError, NameValidationException) as exc:
             if self._owns_model and getattr(self, "_model", None) is not None:
                 self._model.close()
             self.destroy_node()
-            raise NodeStartupError(str(exc)) from None
-        self._worker = InferenceWorker(self._model, [], self._p["max_batch"], f"{node_name}_inference")
-        self.cameras = [CameraPipeline(self, spec, self._p, self._worker.notify) for spec in specs]
+            raise NodeStartupError(" ".join(str(exc).split())) from None
         self._worker.cameras = self.cameras
         meta = self._model.metadata
         pre = meta.preprocess_config

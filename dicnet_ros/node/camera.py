@@ -107,6 +107,7 @@ class CameraPipeline:
         self._slot: tuple[Any, float] | None = None
         self.waiting_since: float | None = None  # when the slot last went from empty to full (fair scheduling)
         self._subs: dict[str, Any] = {}  # reliability ("reliable" | "best_effort") -> subscription
+        self._input_topic = ""  # the resolved camera topic: set once, read by every thread
         self._follow_soon: Any = None
         self._compressed = spec.transport == "compressed"
         self.expected_type = COMPRESSED_TYPE if self._compressed else IMAGE_TYPE
@@ -166,7 +167,7 @@ class CameraPipeline:
     @property
     def topic(self) -> str:
         """The camera topic as subscribed (resolved: remaps and namespace applied)."""
-        return next(iter(self._subs.values())).topic_name
+        return self._input_topic
 
     # ------------------------------------------------------------------------------------------------ input QoS
     def _wanted_reliabilities_at_start(self) -> tuple[str, ...]:
@@ -198,6 +199,7 @@ class CameraPipeline:
             self._subs[reliability] = self.node.create_subscription(
                 CompressedImage if self._compressed else Image, topic, self._on_image,
                 make_qos(reliability, self._p["input_depth"]), event_callbacks=events)
+            self._input_topic = self._input_topic or self._subs[reliability].topic_name
 
     @property
     def reliable(self) -> bool:

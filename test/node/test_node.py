@@ -517,6 +517,8 @@ def onnx_failing_at_run(source: Path, target: Path) -> Path:
     (("-p", "model_path:={corrupt}", "-p", "backend:=onnxruntime"), "cannot load model"),
     (("-p", "model_path:={tiny}", "-p", "overlay_alpha:=1.7"), "parameter 'overlay_alpha' must be in [0, 1], got 1.7"),
     (("-p", "model_path:={tiny}", "-p", "backend:=tensorrt"), "backend 'tensorrt'"),
+    (("-p", "model_path:={tiny}", "-p", "cameras:=[front]", "-p", "camera.front.image_topic:=front cam"),
+     "front cam"),
 ])
 def test_startup_errors_exit_cleanly(args: tuple[str, ...], expected: str, tiny_onnx: Path, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.onnx"
