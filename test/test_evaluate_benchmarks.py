@@ -91,6 +91,12 @@ def test_evaluate_checkpoint_on_lost_and_found_matches_its_export(tiny_checkpoin
             assert a[key] == pytest.approx(b[key], abs=1e-3), (torch_name, key)
     md = (torch_out / "report.md").read_text()
     assert "## Benchmark protocol (lost_and_found, component track obstacle" in md and "Not measured" in md
+    # the out-of-domain alarm: the same frames counted by both, whichever file is evaluated
+    torch_domain, onnx_domain = torch_report["domain"], onnx_report["domain"]
+    assert onnx_domain["available"] and onnx_domain["frames"] == torch_domain["frames"] == len(open_dataset(
+        tmp_path / "laf", "test"))
+    assert onnx_domain["out_of_domain"] == torch_domain["out_of_domain"]
+    assert "Out-of-domain alarm:" in (onnx_out / "report.md").read_text()
 
 
 def test_evaluate_folder_with_user_values(tiny_onnx: Path, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from dicnet_ros.data.benchmark import ANOMALY, VOID, evaluation_label
 from dicnet_ros.metrics import AnomalyEvaluator, ComponentEvaluator, benchmark_metrics, benchmark_table
+from dicnet_ros.metrics.domain import DomainSplitEvaluator, DomainTally, summary_line
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def evaluate_dataset(model: Any, dataset: Any, out_dir: str | Path | None = None
     count = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     if count == 0:
         raise ValueError(f"{dataset!r} has no images to evaluate")
-    pixels: dict[str, AnomalyEvaluator] = {}
+    pixels: dict[str, DomainSplitEvaluator] = {}  # all frames, and those the out-of-domain alarm lets through
+    domain = DomainTally(model.domain_threshold)
     components: dict[str, ComponentEvaluator] = {}
     infer_ms: list[float] = []
     try:
@@ -65,6 +67,7 @@ def evaluate_dataset(model: Any, dataset: Any, out_dir: str | Path | None = None
             infer_ms.append((time.perf_counter() - t0) * 1e3 / len(samples))
             for sample, res in zip(samples, results, strict=True):
                 label = evaluation_label(sample.label, spec)
+                verdict = domain.add(res.domain_score)
                 maps = {DICNET: res.anomaly_score, **res.extras}
                 for name, score in maps.items():
                     score = np.asarray(score, np.float32)
@@ -73,14 +76,15 @@ def evaluate_dataset(model: Any, dataset: Any, out_dir: str | Path | None = None
                                          f"label {label.shape[1]}x{label.shape[0]}: the model must answer at the "
                                          "input resolution")
                     if name not in pixels:
-                        pixels[name] = AnomalyEvaluator((ANOMALY,), (VOID,), _score_range(name, score, model),
-                                                        num_bins=100_000, keep_exact_pooled=True)
+                        score_range = _score_range(name, score, model)
+                        pixels[name] = DomainSplitEvaluator(lambda score_range=score_range: AnomalyEvaluator(
+                            (ANOMALY,), (VOID,), score_range, num_bins=100_000, keep_exact_pooled=True))
                         if track is not None:
                             components[name] = ComponentEvaluator(track, spill_dir=spill_dir)
-                    pixels[name].update(score, label)
+                    pixels[name].update(score, label, None, verdict)
                     if name in components:
                         components[name].update(score, label)
-        results_out = _results(model, dataset, count, track, pixels, components, infer_ms)
+        results_out = _results(model, dataset, count, track, pixels, components, infer_ms, domain)
     finally:
         for evaluator in components.values():
             evaluator.close()
@@ -89,13 +93,16 @@ def evaluate_dataset(model: Any, dataset: Any, out_dir: str | Path | None = None
     return results_out
 
 
-def _results(model: Any, dataset: Any, count: int, track: str | None, pixels: dict[str, AnomalyEvaluator],
-             components: dict[str, ComponentEvaluator], infer_ms: list[float]) -> dict[str, Any]:
-    methods = {}
-    for name, evaluator in pixels.items():
+def _results(model: Any, dataset: Any, count: int, track: str | None, pixels: dict[str, DomainSplitEvaluator],
+             components: dict[str, ComponentEvaluator], infer_ms: list[float], domain: DomainTally) -> dict[str, Any]:
+    def protocols(evaluator: AnomalyEvaluator) -> dict[str, Any]:
         res = evaluator.compute()
-        methods[name] = {"per_image": res["per_image"], "pooled": res["pooled"]}
-        methods[name]["pooled"].pop("histogram", None)
+        res["pooled"].pop("histogram", None)
+        return {"per_image": res["per_image"], "pooled": res["pooled"]}
+
+    methods = {name: protocols(split.all) for name, split in pixels.items()}
+    in_domain = {name: protocols(split.in_domain) if split.split else methods[name]
+                 for name, split in pixels.items() if split.in_domain is not None}
     describe = getattr(dataset, "describe", None)
     return {
         "info": {"model": model.describe(), "threshold": model.threshold, "data_root": str(dataset.root),
@@ -103,7 +110,9 @@ def _results(model: Any, dataset: Any, count: int, track: str | None, pixels: di
                  "ground_truth": describe() if describe else {"anomaly_ids": list(dataset.spec.anomaly_ids),
                                                               "ignore_id": dataset.spec.ignore_id}},
         "methods": methods,
-        "benchmark": {name: benchmark_metrics(evaluator, components.get(name)) for name, evaluator in pixels.items()},
+        "domain": domain.summary(),
+        **({"in_domain": in_domain} if in_domain else {}),
+        "benchmark": {name: benchmark_metrics(split.all, components.get(name)) for name, split in pixels.items()},
         "speed": {"inference_ms_per_image_p50": float(np.median(infer_ms)) if infer_ms else None,
                   "batches": len(infer_ms)},
     }
@@ -119,7 +128,8 @@ def report_markdown(results: dict[str, Any]) -> str:
         f"{info['model']['precision']})",
         f"- data: `{info['data_root']}` ({info['kind']}, split `{info['split']}`, {info['num_images']} images); "
         f"ground truth {gt.get('encoding', gt)}",
-        f"- component track: {info['track'] or 'none (no component metrics)'}", "",
+        f"- component track: {info['track'] or 'none (no component metrics)'}",
+        f"- {summary_line(results['domain'], split_metrics='in_domain' in results)}", "",
         "## Benchmark protocol (all numbers in %)", "",
         benchmark_table(results["benchmark"], METHOD_TITLES), "",
         "Pixels: pooled over every frame's non-void pixels (frames without anomalies add negatives); AP = step-wise "
@@ -133,6 +143,14 @@ def report_markdown(results: dict[str, Any]) -> str:
         pi = res["per_image"]
         cells = " | ".join("n/a" if pi.get(k) is None else f"{100 * pi[k]:.2f}" for k in ("auroc", "aupr", "fpr95"))
         lines.append(f"| {METHOD_TITLES.get(name, name)} | {cells} | {pi['num_images']} ({pi['skipped_images']}) |")
+    if results.get("in_domain"):
+        lines += ["", "## In-domain frames only (pooled, %)", "", "| Method | AUROC | AUPR | FPR95 |",
+                  "|---|---|---|---|"]
+        for name, res in results["in_domain"].items():
+            pooled = res["pooled"]
+            cells = " | ".join("n/a" if pooled.get(k) is None else f"{100 * pooled[k]:.2f}"
+                               for k in ("auroc", "aupr", "fpr95"))
+            lines.append(f"| {METHOD_TITLES.get(name, name)} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
