@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from node_process import NodeProcess, dicnet_node_command, proc_stats  # benchmarks/node_process.py
 
 ROOT = Path(__file__).resolve().parents[1]
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------------------------------------ camera process
@@ -106,51 +106,19 @@ class MaskListener:
         self.rclpy.shutdown(context=self.context)
 
 
-def proc_stats(pid: int) -> tuple[float, float]:
-    """(RSS MB, CPU seconds user + system) of one process from /proc."""
-    try:
-        rss_kb = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                      if line.startswith("VmRSS:"))
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    except (OSError, StopIteration, IndexError, ValueError):
-        return 0.0, 0.0
-
-
-def start_nodes(setup: str, cameras: list[str], model: str, env: dict[str, str]) -> list[subprocess.Popen]:
-    dicnet = [sys.executable, "-m", "dicnet_ros.cli", "node", "--model", model, "--backend", "onnxruntime",
-              "--device", "cpu"]
+def start_nodes(setup: str, cameras: list[str], model: str, env: dict[str, str]) -> list[NodeProcess]:
+    dicnet = dicnet_node_command("--model", model, "--backend", "onnxruntime", "--device", "cpu")
     if setup == "multi":
         commands = [[*dicnet, "--cameras", ",".join(cameras)]]
     else:
         commands = [[*dicnet, "--namespace", c, "--image-topic", f"/{c}/image_raw"] for c in cameras]
-    return [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True) for cmd in commands]
+    return [NodeProcess(cmd, env, new_session=True) for cmd in commands]
 
 
-def wait_ready(procs: list[subprocess.Popen], timeout: float = 120.0) -> None:
-    for proc in procs:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        for line in proc.stdout:
-            if "ready:" in line:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("node did not start")
-        else:
-            raise RuntimeError(f"node exited: code {proc.wait()}")
-        threading.Thread(target=lambda p=proc: [None for _ in p.stdout], daemon=True).start()  # keep draining
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def wait_ready(nodes: list[NodeProcess], timeout: float = 120.0) -> None:
+    for node in nodes:
+        if not node.wait_for("ready:", timeout):
+            raise RuntimeError(f"node did not start (exit code {node.proc.poll()}): {' | '.join(node.lines[-5:])}")
 
 
 def measure(setup: str, count: int, args: argparse.Namespace, seconds: float) -> dict[str, Any]:
@@ -177,7 +145,11 @@ def measure(setup: str, count: int, args: argparse.Namespace, seconds: float) ->
         with listener.lock:
             window = {c: [ms for at, ms in v if t0 <= at <= t1] for c, v in listener.latency.items()}
     finally:
-        stop(nodes)
+        for node in nodes:  # all at once, then wait for each
+            if node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGINT)
+        for node in nodes:
+            node.stop(signals=0)
         for cam in cams:
             if cam.poll() is None:
                 cam.kill()

@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from node_process import NodeProcess, dicnet_node_command, proc_stats  # benchmarks/node_process.py
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ROOT / "test" / "data" / "attacks"
@@ -143,46 +143,11 @@ BAD_PARAMETER_VALUES: list[tuple[str, Any]] = [
 
 
 # ------------------------------------------------------------------------------------------------ node process
-def node_rss_mb(pid: int) -> float:
-    try:
-        return next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                    if line.startswith("VmRSS:")) / 1024
-    except (OSError, StopIteration):
-        return 0.0
-
-
-class NodeUnderTest:
-    """``dicnet node`` with two cameras, its output collected."""
-
-    def __init__(self, model: Path, env: dict[str, str]) -> None:
-        command = [sys.executable, "-m", "dicnet_ros.cli", "node", "--model", str(model), "--backend", "onnxruntime",
-                   "--device", "cpu", "--cameras", f"{RAW},{JPEG}", "--ros-args", "-p",
-                   f"camera.{JPEG}.image_transport:=compressed", "-p", "input_qos:=reliable"]
-        self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-
-    def wait_ready(self, timeout: float = 120.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if any("ready:" in line for line in self.lines):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return -9
+def start_node(model: Path, env: dict[str, str]) -> NodeProcess:
+    """``dicnet node`` with two cameras, a raw and a compressed one."""
+    return NodeProcess(dicnet_node_command(
+        "--model", str(model), "--backend", "onnxruntime", "--device", "cpu", "--cameras", f"{RAW},{JPEG}",
+        "--ros-args", "-p", f"camera.{JPEG}.image_transport:=compressed", "-p", "input_qos:=reliable"), env)
 
 
 class Client:
@@ -259,12 +224,12 @@ class Client:
 def stream_attack(args: argparse.Namespace, model: Path, env: dict[str, str], verdicts: Verdicts) -> None:
     """The node under a stream of hostile frames, bursts and parameter sets, each followed by a good frame."""
     rng = np.random.default_rng(args.seed)
-    node = NodeUnderTest(model, env)
+    node = start_node(model, env)
     client = Client(int(env["ROS_DOMAIN_ID"]))
     sent: dict[str, dict[int, tuple[float, tuple[int, int]]]] = {RAW: {}, JPEG: {}}  # stamp -> (sent at, (h, w))
     bursts: set[int] = set()  # stamps of the (valid, 64x96) burst frames
     try:
-        if not node.wait_ready() or not client.wait_matched():
+        if not node.wait_for("ready:", 120.0) or not client.wait_matched():
             verdicts.crashes.append("node did not start: " + " | ".join(node.lines[-5:]))
             return
         stamp = 1_000_000_000_000
@@ -301,7 +266,7 @@ def stream_attack(args: argparse.Namespace, model: Path, env: dict[str, str], ve
                 await_answer(camera, 10.0)
         verdicts.hangs.clear()
         time.sleep(1.0)
-        verdicts.rss_steady_mb = node_rss_mb(node.proc.pid)
+        verdicts.rss_steady_mb = proc_stats(node.pid)[0]
         deadline = time.monotonic() + args.seconds
         round_ = 0
         while time.monotonic() < deadline:
@@ -331,7 +296,7 @@ def stream_attack(args: argparse.Namespace, model: Path, env: dict[str, str], ve
                 camera = RAW if round_ % 2 else JPEG
             good_frame(camera)
             await_answer(camera, args.hang_s)
-            verdicts.rss_peak_mb = max(verdicts.rss_peak_mb, node_rss_mb(node.proc.pid))
+            verdicts.rss_peak_mb = max(verdicts.rss_peak_mb, proc_stats(node.pid)[0])
             if node.proc.poll() is not None:
                 verdicts.crashes.append(f"node exited with {node.proc.returncode} during the stream")
                 break

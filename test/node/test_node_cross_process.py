@@ -30,6 +30,9 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import node_process  # noqa: E402  (benchmarks/node_process.py: the node as its own process)
+
 CAMERA = Path(__file__).with_name("fake_camera.py")
 TOPIC = "/xcam/image_raw"
 NODE_NS = "/xproc/anomaly_node"
@@ -44,46 +47,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "ROS_DOMAIN_ID": str(DOMAIN_ID), "PYTHONUNBUFFERED": "1", **extra}
 
 
-class NodeProcess:
-    """``anomaly_node`` as its own process; its log is collected line by line."""
+class NodeProcess(node_process.NodeProcess):
+    """``anomaly_node`` as its own process (the benchmarks' helper); its log is collected line by line."""
 
     def __init__(self, *ros_args: str, env: dict[str, str] | None = None) -> None:
         code = "import sys; from dicnet_ros.node.cli import main; sys.exit(main())"
-        self.proc = subprocess.Popen([sys.executable, "-c", code, "--ros-args", *ros_args], env=env or clean_env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-
-    def wait_for(self, text: str, timeout: float = 60.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in line for line in self.lines):
-                return True
-            if self.proc.poll() is not None:
-                time.sleep(0.2)
-                return any(text in line for line in self.lines)
-            time.sleep(0.05)
-        return False
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def stop(self, signals: int = 1, gap: float = 0.05) -> int:
-        for _ in range(signals):
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGINT)
-            time.sleep(gap)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return -9
+        super().__init__([sys.executable, "-c", code, "--ros-args", *ros_args], env or clean_env())
 
 
 class Listener:
