@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,6 +27,7 @@ import numpy as np
 from dicnet_ros.data.domain_shift import DEGENERATE_FRAMES, PHOTOMETRIC_SHIFTS, degenerate_frame, photometric_shift
 from dicnet_ros.image_conversion import DEFAULT_MAX_PIXELS
 from dicnet_ros.inference import load_model
+from dicnet_ros.inference.cpu_features import cpu_name
 from dicnet_ros.inference.infer_cli import image_files, read_rgb
 from dicnet_ros.metrics.domain import DomainTally
 
@@ -78,16 +79,6 @@ def tally(model: Any, images: Iterable[tuple[str, np.ndarray]],
     return counts
 
 
-def cpu_name() -> str:
-    """The CPU model (Linux), for the record of where the numbers were measured."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.machine()
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return f"{names[0]}, {len(names)} cores" if names else platform.machine()
-
-
 def rate(counts: DomainTally) -> str:
     summary = counts.summary()
     if not summary["available"]:
@@ -114,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.model}: the model has no out-of-domain alarm (calibrate and export it again)", file=sys.stderr)
         return 1
     report: dict[str, Any] = {"model": str(args.model), "backend": model.backend_name,
-                              "threshold": model.domain_threshold, "machine": cpu_name(), "in_domain": {}, "real": {},
+                              "threshold": model.domain_threshold, "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+                              "in_domain": {}, "real": {},
                               "degenerate": {}, "shifts": {}}
     print(f"model `{args.model}` ({model.backend_name}, {model.precision}), alarm above {model.domain_threshold:g}\n")
     rows = []

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
 from dicnet_ros.inference import load_model
+from dicnet_ros.inference.cpu_features import cpu_name
 from dicnet_ros.preprocessing import parse_size
 
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                      "p50_vs_first": p50 / np.percentile(times[:, 0], 50), "mean_vs_first": mean / times[:, 0].mean(),
                      "paired_median_ratio": float(np.median(ratios[:, i]))})
     print(f"{width}x{height}, {args.rounds} interleaved rounds, onnxruntime {args.threads} threads, "
-          f"{platform.machine()}")
+          f"{cpu_name()}")
     print("| model | p50 ms | p95 ms | mean ms | p50 / first | mean / first | median of per-round ratios |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -32,6 +31,9 @@ from typing import Any
 import numpy as np
 from node_process import NodeProcess, dicnet_node_command, proc_stats  # benchmarks/node_process.py
 
+from dicnet_ros.inference.cpu_features import cpu_name
+from dicnet_ros.preprocessing import parse_size
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,7 +44,7 @@ def run_camera(topic: str, size: str, rate: float, seconds: float) -> int:
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    width, height = (int(v) for v in size.split("x"))
+    width, height = parse_size(size)
     rclpy.init()
     node = rclpy.create_node("bench_camera")
     pub = node.create_publisher(Image, topic, QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
@@ -172,14 +174,6 @@ def measure(setup: str, count: int, args: argparse.Namespace, seconds: float) ->
         "rss_mb_series": rss,
         "cpu_cores": (cpu1 - cpu0) / span,
     }
-
-
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def main() -> int:

@@ -45,10 +45,7 @@ from typing import Any
 
 import numpy as np
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    w, h = (int(v) for v in text.lower().split("x"))
-    return w, h
+from dicnet_ros.preprocessing import parse_size
 
 
 def build_lite_model(folder: Path, network: tuple[int, int]) -> Path:

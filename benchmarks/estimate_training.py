@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from dicnet_ros.inference.cpu_features import cpu_name
 from dicnet_ros.model.dicnet import build_dicnet
 from dicnet_ros.preprocessing import PreprocessConfig, preprocess
 
@@ -63,13 +63,12 @@ def _param_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def estimate(config: str, batch: int, overrides: list[str]) -> dict[str, Any]:
+def estimate(config: str, batch: int, overrides: list[str], num_classes: int = 19) -> dict[str, Any]:
     from dicnet_training.checkpointing import model_config_from
     from dicnet_training.config import load_config
 
     cfg = load_config(config, [*overrides, "model.teacher_pretrained=none", "model.student_pretrained=none"])
     pp = PreprocessConfig(height=int(cfg["input"]["height"]), width=int(cfg["input"]["width"]))
-    num_classes = int((cfg.get("estimate") or {}).get("num_classes", 19))
     model = build_dicnet(model_config_from(cfg, num_classes), pp)
     images = torch.randint(0, 256, (batch, pp.height, pp.width, 3), dtype=torch.uint8)
     labels = torch.randint(0, num_classes, (batch, pp.height, pp.width))
@@ -94,8 +93,8 @@ def estimate(config: str, batch: int, overrides: list[str]) -> dict[str, Any]:
             target = teacher(x).feature
         F.mse_loss(student(x), target).backward()
 
-    out: dict[str, Any] = {"config": config, "network": f"{pp.width}x{pp.height}", "batch_measured": batch,
-                           "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    out: dict[str, Any] = {"config": config, "training_config": cfg, "network": f"{pp.width}x{pp.height}",
+                           "batch_measured": batch, "cpu": cpu_name(), "threads": torch.get_num_threads(),
                            "torch": torch.__version__}
     for stage, step, trained, optimizer_slots in (("teacher", teacher_step, teacher, 2),
                                                    ("student", student_step, student, 3)):
@@ -119,12 +118,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2975, help="training images per epoch (Cityscapes: 2975)")
     parser.add_argument("--gpu-tflops", type=float, default=60.0,
                         help="assumed effective GPU throughput in TFLOP/s for the epoch-time estimate")
+    parser.add_argument("--num-classes", type=int, default=19, help="classes of the data set (Cityscapes: 19)")
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()
-    res = estimate(args.config, args.batch, args.override)
-    from dicnet_training.config import load_config
-
-    cfg = load_config(args.config, args.override)
+    res = estimate(args.config, args.batch, args.override, args.num_classes)
+    cfg = res.pop("training_config")
     for stage in ("teacher", "student"):
         r = res[stage]
         gpu_batch = int(cfg[stage]["batch_size"])

@@ -26,7 +26,7 @@ import numpy as np
 
 from dicnet_ros.cli_options import add_device_argument
 from dicnet_ros.inference.base import BackendUnavailableError, ModelLoadError
-from dicnet_ros.inference.cpu_features import detect_int8_path, int8_notice
+from dicnet_ros.inference.cpu_features import cpu_name, detect_int8_path, int8_notice
 from dicnet_ros.preprocessing import parse_size
 
 log = logging.getLogger(__name__)
@@ -46,17 +46,9 @@ DEFAULT_BACKENDS = ("reference", "torch", "onnxruntime", "onnxruntime-exact", "o
 
 # -------------------------------------------------------------------------------------------- environment
 def hardware_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     path = detect_int8_path()
-    info: dict[str, Any] = {"cpu": cpu, "cpu_cores": os.cpu_count(), "platform": platform.platform(), "gpu": None,
-                            "int8_path": path.kind, "int8_path_description": path.describe()}
+    info: dict[str, Any] = {"cpu": cpu_name(), "cpu_cores": os.cpu_count(), "platform": platform.platform(),
+                            "gpu": None, "int8_path": path.kind, "int8_path_description": path.describe()}
     try:
         import torch
 

@@ -130,6 +130,16 @@ def detect_int8_path(cpuinfo: str | None = None, machine: str | None = None, use
     return Int8Path(int8_kind(flags, machine), model or platform.processor() or machine)
 
 
+def cpu_name() -> str:
+    """This CPU's model name (/proc/cpuinfo; else the platform's processor or machine type): what every benchmark
+    records as the machine its figures come from."""
+    try:
+        _, model = _cpuinfo_fields(CPUINFO.read_text(errors="replace"))
+    except OSError:
+        model = ""
+    return model or platform.processor() or platform.machine()
+
+
 def int8_path_warning(quantization: Mapping[str, Any] | None, path: Int8Path) -> str | None:
     """Why this INT8 model's quality on ``path`` is not vouched for by its export (None when it is).
 
