@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -49,7 +48,7 @@ class _Collected:
     score: dict[int, np.ndarray] = field(default_factory=dict)
     msp: dict[int, np.ndarray] = field(default_factory=dict)
     overlay: dict[int, np.ndarray] = field(default_factory=dict)
-    domain_score: dict[int, float] = field(default_factory=dict)  # from ~/domain, nan without a domain score
+    domain_score: dict[int, float | None] = field(default_factory=dict)  # from ~/domain; None: the frame had none
     image_arrival: dict[int, float] = field(default_factory=dict)  # wall clock, s
     score_arrival: dict[int, float] = field(default_factory=dict)
     first_output: float | None = None
@@ -208,7 +207,8 @@ def _collector(node: Any, collected: _Collected, ns: str, compressed: bool = Fal
     def domain_arrived(msg: Any) -> None:
         values = {kv.key: kv.value for status in msg.status for kv in status.values}
         with collected.lock:
-            collected.domain_score[_stamp_ns(msg.header)] = float(values.get("domain_score", "nan"))
+            text = values.get("domain_score", "")
+            collected.domain_score[_stamp_ns(msg.header)] = float(text) if text else None
 
     def image_arrived(msg: Any) -> None:
         with collected.lock:
@@ -414,9 +414,8 @@ def run_demo(out_dir: Path, model: str = "", bag: str = "", rate: float = 1.0, b
     latencies = np.asarray([1e3 * (t - collected.image_arrival[s]) for s, t in collected.score_arrival.items()
                             if s in collected.image_arrival], np.float64)
     domain = DomainTally(domain_threshold)
-    for stamp in sorted(collected.score):
-        score = collected.domain_score.get(stamp, math.nan)
-        domain.add(None if math.isnan(score) else score)
+    for stamp in sorted(collected.domain_score):  # every processed frame, also one whose outputs were withheld
+        domain.add(collected.domain_score[stamp])
     summary = {
         "out_dir": str(out_dir),
         "bag": str(bag_path),

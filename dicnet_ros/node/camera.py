@@ -553,8 +553,7 @@ class CameraPipeline:
         if self.pub_domain.get_subscription_count() == 0:
             return
         level, message = self.domain.status()
-        values = {"domain_score": "nan" if score is None else f"{score:.6g}",
-                  "domain_threshold": "nan" if self.domain.threshold is None else f"{self.domain.threshold:.6g}",
+        values = {**self.domain.values(score),
                   "frame_in_domain": "unknown" if score is None or not self.domain.available else
                   str(not self.domain.out(score)).lower(),
                   "state": self.domain.state, "out_of_domain_mask": self._p["out_of_domain_mask"]}
@@ -571,9 +570,8 @@ class CameraPipeline:
         transport = {"input_reliability": self.reliability_description(),
                      "dds_profile": self.watch.profile_description()}
         level, message = self.domain.status()
-        domain = {"domain_state": self.domain.state, "domain_message": message,
-                  "domain_score": "nan" if self.domain.last_score is None else f"{self.domain.last_score:.6g}",
-                  "domain_threshold": "nan" if self.domain.threshold is None else f"{self.domain.threshold:.6g}",
+        domain = {"domain_state": self.domain.state, **self.domain.values(self.domain.last_score),
+                  "domain_message": message,
                   "domain_frames_out": str(self.domain.frames_out), "out_of_domain_mask": self._p["out_of_domain_mask"]}
         status = diagnostic_status(self.stats, backend_info, self.mask_threshold(), self._p, self.enabled,
                                    self.qos_problems, self.topic, self.spec.status_name, {**transport, **domain})

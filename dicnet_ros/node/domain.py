@@ -73,6 +73,12 @@ class DomainMonitor:
         previous, self.state, self.run = self.state, OUT_OF_DOMAIN if out else IN_DOMAIN, 0
         return DomainChange(previous, self.state, float(score), self.threshold)
 
+    def values(self, score: float | None) -> dict[str, str]:
+        """The key / values that ``~/domain`` and ``/diagnostics`` report for ``score`` (empty: the frame or the
+        model has none; "nan": the model answered NaN)."""
+        return {"domain_score": "" if score is None else f"{score:.6g}",
+                "domain_threshold": "" if self.threshold is None else f"{self.threshold:.6g}"}
+
     def status(self) -> tuple[str, str]:
         """(level, sentence) for diagnostics: OK in domain, WARN while frames are out but the alarm is not raised
         yet, ERROR while out of domain; levels are "OK" / "WARN" / "ERROR"."""
