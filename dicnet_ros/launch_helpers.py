@@ -26,6 +26,7 @@ from dicnet_ros.node.middleware import (
     apply_large_image_profile,
     shipped_profile,
 )
+from dicnet_ros.ros_names import camera_node_prefix
 
 NODE_NAME = "anomaly_node"
 RVIZ_PACKAGE = "rviz2"
@@ -148,7 +149,7 @@ def rviz_config(template: str, namespace: str, image_topic: str, node_name: str 
         for camera in cameras:
             display = copy.deepcopy(overlay)
             display["Name"] = f"{camera} overlay"
-            display["Topic"]["Value"] = f"{base}/{camera}/{node_name}/overlay"
+            display["Topic"]["Value"] = f"{camera_node_prefix(base, camera, node_name)}/overlay"
             displays.append(display)
         data["Visualization Manager"]["Displays"] = displays
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

@@ -55,3 +55,9 @@ def validate_namespace(namespace: str, what: str = "namespace") -> str:
     leading / is added for a relative one (the tools put outputs below the root), nothing else is repaired."""
     absolute = namespace if namespace.startswith("/") else "/" + namespace
     return _check(absolute, what, NAMESPACE_MAX_LENGTH, root_allowed=True)
+
+
+def camera_node_prefix(namespace: str, camera: str, node_name: str) -> str:
+    """Where camera ``camera`` of a multi-camera node publishes: what a single-camera node in namespace
+    ``<namespace>/<camera>`` would (``/front/anomaly_node`` for camera front of /anomaly_node)."""
+    return f"{namespace.rstrip('/')}/{camera}/{node_name}"

@@ -53,6 +53,7 @@ from dicnet_ros.node.parameters import (
     validate_parameter,
 )
 from dicnet_ros.node.worker import InferenceWorker
+from dicnet_ros.ros_names import camera_node_prefix
 from dicnet_ros.visualization import class_palette
 
 PACKAGE = "dicnet_ros"
@@ -149,7 +150,7 @@ class AnomalyNode(Node):
         specs = []
         for name in p["cameras"]:
             own = {spec.name: self._declare(camera_parameter(name, spec.name), spec) for spec in CAMERA_PARAMETERS}
-            prefix = f"{ns}/{name}/{self.get_name()}"
+            prefix = camera_node_prefix(ns, name, self.get_name())
             specs.append(CameraSpec(name, own["image_topic"] or f"{ns}/{name}/image_raw",
                                     own["image_transport"] or p["image_transport"], own["input_qos"] or p["input_qos"],
                                     prefix, prefix, own["threshold"]))
