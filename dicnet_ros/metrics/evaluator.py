@@ -235,7 +235,9 @@ class AnomalyEvaluator:
         """The pooled operating curve and how it was obtained ('exact', or 'histogram' past the exact pixel limit or
         without ``keep_exact_pooled``); raises ValueError when there are no pixels."""
         if self.keep_exact_pooled and not self._exact_overflow:
-            return self._exact_curve(False), "exact"
+            # a curve compute() built with error tracking has the same points: no second sort
+            tracked = self._curve_cache.get(True)
+            return (tracked if tracked is not None else self._exact_curve(False)), "exact"
         return self.histogram.curve(), "histogram"
 
     def _exact_curve(self, track_errors: bool) -> OperatingCurve:
@@ -272,8 +274,7 @@ class AnomalyEvaluator:
         base: dict[str, Any] = {"protocol": POOLED, "method": "exact" if use_exact else "histogram"}
         try:
             if use_exact:
-                codes = np.concatenate(self._exact_codes) if self._exact_codes else np.zeros(0, np.uint8)
-                track = bool(np.any((codes == _NEG_ERROR) | (codes == _NEG_CORRECT)))
+                track = any(bool(np.any((c == _NEG_ERROR) | (c == _NEG_CORRECT))) for c in self._exact_codes)
                 curve = self._exact_curve(track)
                 res = {**curve.scores().as_dict(), **_curve_summary(curve, self.recall_levels)}
                 res["histogram"] = self.histogram.describe()
