@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dicnet_ros.data.base import list_images, pair_label
+from dicnet_ros.data.base import pair_by_stem
 from dicnet_ros.data.benchmark import BENCHMARK_IMAGE_SUFFIXES, AnomalyBenchmark
 from dicnet_ros.data.label_encoding import LabelEncoding
 
@@ -36,11 +36,5 @@ class AnomalyFolder(AnomalyBenchmark):
             raise FileNotFoundError(f"{root}: an anomaly folder needs images/ and masks/ "
                                     "(images/<stem>.jpg|png|webp, masks/<stem>.png)")
         super().__init__(root, split, preset, encoding, track)
-        seen: dict[str, Path] = {}
-        for image in list_images(root / "images", BENCHMARK_IMAGE_SUFFIXES):
-            stem = image.relative_to(root / "images").with_suffix("").as_posix()
-            if stem in seen:
-                raise ValueError(f"{seen[stem]} and {image} share the stem {stem!r}, so they would share a mask")
-            seen[stem] = image
-            self.items.append(pair_label(image, root / "masks" / f"{stem}.png"))
+        self.items.extend(pair_by_stem(root / "images", root / "masks", BENCHMARK_IMAGE_SUFFIXES))
         self._finish_benchmark(str(root / "images"))

@@ -323,6 +323,30 @@ class SegmentationDataset:
         )
 
 
+def stems(images_dir: Path, suffixes: Iterable[str], skip_suffix: str | None = None,
+          hint: str = "") -> list[tuple[Path, str]]:
+    """(image, stem) of every image below ``images_dir``: the stem is its relative path without the suffix, the
+    name its label is found by. Two images with one stem would share a label: an error (``hint`` says what to do);
+    files ending in ``skip_suffix`` (labels in the same folder) are not images."""
+    seen: dict[str, Path] = {}
+    out = []
+    for image in list_images(images_dir, suffixes):
+        if skip_suffix and image.name.endswith(skip_suffix):
+            continue
+        stem = image.relative_to(images_dir).with_suffix("").as_posix()
+        if stem in seen:
+            raise ValueError(f"{seen[stem]} and {image} share the name {stem!r}, so they would share a label{hint}")
+        seen[stem] = image
+        out.append((image, stem))
+    return out
+
+
+def pair_by_stem(images_dir: Path, labels_dir: Path, suffixes: Iterable[str],
+                 label_suffix: str = ".png") -> list[tuple[str, str]]:
+    """(image, label) pairs: each image below ``images_dir`` with ``labels_dir/<stem><label_suffix>``."""
+    return [pair_label(image, labels_dir / f"{stem}{label_suffix}") for image, stem in stems(images_dir, suffixes)]
+
+
 def pair_label(image: Path, label: Path) -> tuple[str, str]:
     """(image, label) as strings after checking the label exists, naming both paths if not."""
     if not label.is_file():

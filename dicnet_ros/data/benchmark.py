@@ -95,12 +95,3 @@ def evaluation_label(label: np.ndarray, spec: DatasetSpec) -> np.ndarray:
     out[label == spec.ignore_id] = VOID
     out[np.isin(label, spec.anomaly_ids)] = ANOMALY
     return out
-
-
-def find_image(folder: Path, stem: str, suffixes: Sequence[str] = BENCHMARK_IMAGE_SUFFIXES) -> Path | None:
-    """``folder/stem.<suffix>`` for the first suffix that exists (the layouts name a file by its frame id)."""
-    for suffix in suffixes:
-        candidate = folder / f"{stem}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dicnet_ros.data.base import list_images, pair_label
+from dicnet_ros.data.base import pair_by_stem
 from dicnet_ros.data.benchmark import AnomalyBenchmark
 from dicnet_ros.data.label_encoding import LabelEncoding
 from dicnet_ros.data.lost_and_found import laf_images, looks_like_lost_and_found
@@ -86,6 +86,5 @@ class FishyscapesLAF(AnomalyBenchmark):
         if folder is None:
             raise FileNotFoundError(f"{root} is not Fishyscapes L&F: expected {SMIYC_LABELS}/<fid>{SMIYC_LABEL_SUFFIX} "
                                     "or LostAndFound/original + LostAndFound/labels")
-        for image in list_images(folder / "original", (".png",)):
-            self.items.append(pair_label(image, folder / "labels" / image.relative_to(folder / "original")))
+        self.items.extend(pair_by_stem(folder / "original", folder / "labels", (".png",)))
         self._finish_benchmark(str(folder / "original"))

@@ -34,9 +34,9 @@ from dicnet_ros.data.base import (
     IMAGE_SUFFIXES,
     DatasetSpec,
     SegmentationDataset,
-    list_images,
     pair_label,
     read_yaml,
+    stems,
 )
 
 log = logging.getLogger(__name__)
@@ -95,17 +95,8 @@ class FolderDataset(SegmentationDataset):
                 f"{yaml_path}: split {split!r} keeps images and labels in one folder, so label_suffix must "
                 f"be more than an extension (e.g. _label.png), got {label_suffix!r}"
             )
-        seen: dict[str, Path] = {}
-        for image in list_images(images_dir, image_suffixes):
-            if labels_dir is not None and same_dir and image.name.endswith(label_suffix):
-                continue  # images and labels share a folder: label files are not images
-            stem = image.relative_to(images_dir).with_suffix("").as_posix()
-            if stem in seen:
-                raise ValueError(
-                    f"{seen[stem]} and {image} share the name {stem!r}, so they would share a label; "
-                    "set image_suffix in the dataset.yaml"
-                )
-            seen[stem] = image
+        for image, stem in stems(images_dir, image_suffixes, label_suffix if same_dir else None,
+                                 "; set image_suffix in the dataset.yaml"):
             if labels_dir is None:
                 self.items.append((str(image), None))
             else:

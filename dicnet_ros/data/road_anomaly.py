@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dicnet_ros.data.base import list_images, pair_label
+from dicnet_ros.data.base import pair_by_stem, pair_label
 from dicnet_ros.data.benchmark import AnomalyBenchmark
 from dicnet_ros.data.label_encoding import LabelEncoding
 
@@ -72,9 +72,7 @@ class RoadAnomaly(AnomalyBenchmark):
                 self.items.append(pair_label(image, image.with_name(f"{image.stem}.labels") / "labels_semantic.png"))
             self._finish_benchmark(str(release / "frames"))
         elif pebal is not None:
-            for image in list_images(pebal / "original", (".jpg",)):
-                self.items.append(pair_label(image, (pebal / "labels" / image.relative_to(pebal / "original"))
-                                             .with_suffix(".png")))
+            self.items.extend(pair_by_stem(pebal / "original", pebal / "labels", (".jpg",)))
             self._finish_benchmark(str(pebal / "original"))
         else:
             raise FileNotFoundError(f"{root} is not Road Anomaly: expected {FRAME_LIST} + frames/ (or original/*.jpg "

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dicnet_ros.data.base import natural_key
-from dicnet_ros.data.benchmark import AnomalyBenchmark
+from dicnet_ros.data.base import list_images
+from dicnet_ros.data.benchmark import BENCHMARK_IMAGE_SUFFIXES, AnomalyBenchmark
 from dicnet_ros.data.label_encoding import LabelEncoding
 
 TRACK_FOLDERS: dict[str, str] = {"dataset_AnomalyTrack": "smiyc-anomaly", "dataset_ObstacleTrack": "smiyc-obstacle"}
@@ -66,9 +66,7 @@ class SMIYCTrack(AnomalyBenchmark):
         super().__init__(track_dir, split, preset, encoding, track)
         obstacle = self.default_preset == "smiyc-obstacle"
         unlabelled: list[Path] = []
-        images = sorted((p for p in (track_dir / "images").iterdir() if p.is_file()
-                         and p.suffix.lower() in (".jpg", ".jpeg", ".webp", ".png")), key=lambda p: natural_key(p.name))
-        for image in images:
+        for image in list_images(track_dir / "images", BENCHMARK_IMAGE_SUFFIXES):
             fid = image.stem
             if split == "val" and not (fid.startswith("validation")
                                        and not (obstacle and fid.startswith(OBSTACLE_VALIDATION_EXCLUDED))):
