@@ -34,34 +34,33 @@ QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999}
 
 
 @torch.no_grad()
-def estimate_mu_c(model: DiCNet, loader: Any, device: torch.device, show: bool = False) -> torch.Tensor:
-    """Per-channel mean of D = teacher - student over all feature pixels of the given (normal) images."""
+def estimate_mu_c(model: DiCNet, loader: Any, device: torch.device, show: bool = False,
+                  statistics: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Per-channel mean of D = teacher - student over all feature pixels of the given (normal) images; with
+    ``statistics``, each image's out-of-domain statistics are appended to it from the same teacher pass."""
     total = torch.zeros(model.config.feature_channels, dtype=torch.float64, device=device)
     count = 0
     for groups in progress(loader, show, desc="mu_c"):
         for images, _, _ in groups:
             x = model.network_input(images.to(device))
-            t = model.teacher(x).feature.float()
+            teacher_out = model.teacher(x)
+            if statistics is not None:
+                statistics.append(model.domain_statistics(x, teacher_out).float().cpu())
+            t = teacher_out.feature.float()
             s = model.student(x).float()
             total += discrepancy_channel_sum(t, s).double()
             count += t.shape[0] * t.shape[2] * t.shape[3]
     return (total / max(1, count)).float().cpu()
 
 
-@torch.no_grad()
-def collect_domain_statistics(model: DiCNet, loader: Any, device: torch.device, show: bool = False) -> torch.Tensor:
-    """(N, 3 + D) image-level statistics of every image (model/domain.py); labels are not read."""
-    rows = []
-    for groups in progress(loader, show, desc="domain"):
-        for images, _, _ in groups:
-            x = model.network_input(images.to(device))
-            rows.append(model.domain_statistics(x, model.teacher(x)).float().cpu())
-    return torch.cat(rows) if rows else torch.zeros(0, 3 + model.domain_feature_count)
-
-
-def fit_domain_head(model: DiCNet, fit_statistics: torch.Tensor, scale_statistics: torch.Tensor,
+def fit_domain_head(model: DiCNet, fit_rows: list[torch.Tensor], scale_rows: list[torch.Tensor],
                     rank: int = DEFAULT_RANK) -> dict[str, Any] | None:
-    """Fit ``model.domain_head`` (rank capped by the fit images); None, with a warning, when there are too few."""
+    """Fit ``model.domain_head`` on the (N, 3 + D) image-level statistics (model/domain.py) that ``estimate_mu_c``
+    and ``collect_normal_scores`` gathered (rank capped by the fit images); None, with a warning, when there are
+    too few."""
+    empty = torch.zeros(0, 3 + model.domain_feature_count)
+    fit_statistics = torch.cat(fit_rows) if fit_rows else empty
+    scale_statistics = torch.cat(scale_rows) if scale_rows else empty
     rank = min(rank, len(fit_statistics) - 2, model.domain_feature_count - 1)
     if rank < 1 or len(scale_statistics) < 2:
         log.warning("out-of-domain head not fitted: it needs at least 3 images to fit and 2 to standardise on, got "
@@ -112,8 +111,10 @@ def estimate_fusion_norm(model: DiCNet, loader: Any, device: torch.device, show:
 
 @torch.no_grad()
 def collect_normal_scores(model: DiCNet, loader: Any, device: torch.device, anomaly_ids: tuple[int, ...],
-                          ignore_id: int, max_pixels: int, show: bool = False) -> dict[str, np.ndarray]:
-    """Scores of normal labelled pixels at label resolution, for both scoring modes (one forward per image)."""
+                          ignore_id: int, max_pixels: int, show: bool = False,
+                          statistics: list[torch.Tensor] | None = None) -> dict[str, np.ndarray]:
+    """Scores of normal labelled pixels at label resolution, for both scoring modes (one forward per image); with
+    ``statistics``, each image's out-of-domain statistics are appended to it from the same teacher pass."""
     out: dict[str, list[np.ndarray]] = {m: [] for m in SCORING_MODES}
     kept = 0
     num_images = len(loader.dataset)
@@ -123,6 +124,8 @@ def collect_normal_scores(model: DiCNet, loader: Any, device: torch.device, anom
         for images, labels, _ in groups:
             x = model.network_input(images.to(device))
             teacher_out = model.teacher(x)
+            if statistics is not None:
+                statistics.append(model.domain_statistics(x, teacher_out).float().cpu())
             t, logits = teacher_out.feature.float(), teacher_out.logits.float()
             s = model.student(x).float()
             size = tuple(labels.shape[-2:])
@@ -197,7 +200,10 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
     limit = cal.get("mu_max_images")
     if limit is not None and int(limit) < len(mu_ds):
         mu_ds = tdata.Subset(mu_ds, range(int(limit)))
-    model.mu_c.copy_(estimate_mu_c(model, tdata.eval_loader(mu_ds, batch, workers, ctx), ctx.device, show_progress))
+    fit_rows: list[torch.Tensor] = []  # the out-of-domain head's statistics, from the passes made anyway
+    scale_rows: list[torch.Tensor] = []
+    model.mu_c.copy_(estimate_mu_c(model, tdata.eval_loader(mu_ds, batch, workers, ctx), ctx.device, show_progress,
+                                   fit_rows))
     log.info("mu_c over %d %s images: mean %.5f, |mean| %.5f, max |mu_c| %.5f", len(mu_ds), mu_split,
              float(model.mu_c.mean()), float(model.mu_c.abs().mean()), float(model.mu_c.abs().max()))
     cal_ds = tdata.open_split(cfg_split, "_cal")
@@ -209,11 +215,10 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
         fusion_norm = [float(v) for v in model.fusion_norm.tolist()]
         log.info("fusion with MaxLogit: discrepancy mean %.5f std %.5f, MaxLogit mean %.5f std %.5f on %s",
                  *fusion_norm, split)
-    domain = fit_domain_head(
-        model, collect_domain_statistics(model, tdata.eval_loader(mu_ds, batch, workers, ctx), ctx.device,
-                                         show_progress),
-        collect_domain_statistics(model, tdata.eval_loader(cal_ds, batch, workers, ctx), ctx.device, show_progress),
-        domain_rank)
+    scores = collect_normal_scores(model, tdata.eval_loader(cal_ds, batch, workers, ctx), ctx.device,
+                                   tuple(spec.anomaly_ids), spec.ignore_id, int(cal.get("max_pixels", 20_000_000)),
+                                   show_progress, scale_rows)
+    domain = fit_domain_head(model, fit_rows, scale_rows, domain_rank)
     if domain is not None:
         domain.update({"fit_split": mu_split, "fit_images": len(mu_ds), "scale_split": split,
                        "scale_images": len(cal_ds), "threshold_rule": f"{domain_threshold:g} standard deviations of "
@@ -221,9 +226,6 @@ def calibrate(checkpoint: str | Path, cfg: dict[str, Any], out_path: str | Path 
         log.info("out-of-domain head: rank %d, fitted on %d %s images, standardised on %d %s images; score on them "
                  "mean %.2f, max %.2f; alarm above %g", domain["rank"], len(mu_ds), mu_split, len(cal_ds), split,
                  domain["score_on_calibration"]["mean"], domain["score_on_calibration"]["max"], domain_threshold)
-    scores = collect_normal_scores(model, tdata.eval_loader(cal_ds, batch, workers, ctx), ctx.device,
-                                   tuple(spec.anomaly_ids), spec.ignore_id, int(cal.get("max_pixels", 20_000_000)),
-                                   show_progress)
     by_mode = {m: score_statistics(v, target_fpr) for m, v in scores.items()}
     mode = model.config.scoring_mode
     stats = by_mode[mode]
