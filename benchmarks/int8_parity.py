@@ -24,7 +24,7 @@ import json
 import time
 from pathlib import Path
 
-from dicnet_training.int8_check import EMULATORS, parity_check, saturation_check
+from dicnet_training.int8_check import EMULATORS, ParityReferences, parity_check, saturation_check
 
 from dicnet_ros.inference.bench import hardware_info
 
@@ -48,9 +48,11 @@ def main() -> int:
     runs = [] if args.no_native else [(None, args.images)]
     runs += [(path, args.emulated_images or args.images) for path in args.emulate]
     results = []
+    references = ParityReferences.measure(args.model, args.fp32, args.data, max(count for _, count in runs)) \
+        if runs else None
     for emulate, count in runs:
         start = time.perf_counter()
-        result = parity_check(args.model, args.fp32, args.data, count, emulate=emulate)
+        result = parity_check(args.model, args.fp32, args.data, count, emulate=emulate, references=references)
         print(f"{result.summary()} [{time.perf_counter() - start:.0f} s]")
         results.append({"path": result.path, "passed": result.passed, **result.metadata()})
     if args.json:

@@ -285,13 +285,43 @@ def judge(path: str, how: str, data: str, int8: np.ndarray, float_qdq: np.ndarra
     return ParityResult(path, how, len(labels), data, metrics, errors, failures)
 
 
-def parity_check(int8_model: Path, fp32_model: Path, data: Path, count: int, emulate: str | None = None,
-                 bar: ParityBar | None = None, split: str = "test") -> ParityResult:
-    """Measure the INT8 model's integer kernels on this CPU (or, with ``emulate``, on that emulated path) against
-    its float QDQ execution and the FP32 model on the first ``count`` labelled images of ``data``."""
-    from dicnet_ros.inference import load_model
+@dataclass
+class ParityReferences:
+    """What an INT8 model's integer kernels are judged against, computed once for every CPU path measured: the
+    labelled images and the scores of the same graph run as float (QDQ) and of the FP32 model."""
 
-    images, labels, spec = load_parity_data(data, count, split)
+    data: str
+    split: str
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    spec: Any
+    float_qdq: np.ndarray
+    fp32: np.ndarray
+    score_range: tuple[float, float]
+
+    @classmethod
+    def measure(cls, int8_model: Path, fp32_model: Path, data: Path, count: int,
+                split: str = "test") -> ParityReferences:
+        """The first ``count`` labelled images of ``data`` and both reference score sets."""
+        from dicnet_ros.inference import load_model
+
+        images, labels, spec = load_parity_data(data, count, split)
+        fp32 = load_model(fp32_model, "onnxruntime", "cpu")
+        return cls(str(data), split, images, labels, spec, score_maps(int8_model, images, "disable"),
+                   np.stack([fp32.infer(image).anomaly_score for image in images]).astype(np.float32),
+                   tuple(fp32.metadata.score_range))
+
+
+def parity_check(int8_model: Path, fp32_model: Path, data: Path, count: int, emulate: str | None = None,
+                 bar: ParityBar | None = None, split: str = "test",
+                 references: ParityReferences | None = None) -> ParityResult:
+    """Measure the INT8 model's integer kernels on this CPU (or, with ``emulate``, on that emulated path) against
+    its float QDQ execution and the FP32 model on the first ``count`` labelled images of ``data`` (``references``
+    measured for at least as many images: reused instead of computed again)."""
+    if references is None or len(references.images) < count or references.split != split:
+        references = ParityReferences.measure(int8_model, fp32_model, data, count, split)
+    n = min(count, len(references.images))
+    images, labels = references.images[:n], references.labels[:n]
     if emulate:
         int8 = emulated_scores(int8_model, images, emulate)
         path, how = emulate, " ".join(EMULATORS[emulate])
@@ -299,11 +329,9 @@ def parity_check(int8_model: Path, fp32_model: Path, data: Path, count: int, emu
         cpu = detect_int8_path()
         int8 = score_maps(int8_model, images)
         path, how = cpu.kind, f"native on {cpu.cpu}"
-    float_qdq = score_maps(int8_model, images, graph_optimization="disable")
-    fp32 = score_maps(fp32_model, images)
-    score_range = load_model(fp32_model, "onnxruntime", "cpu").metadata.score_range
-    result = judge(path, how, f"{data} ({split}, first {len(images)})", int8, float_qdq, fp32, labels, spec,
-                   score_range, bar)
+    source = f"{references.data} ({references.split}, first {n})"
+    result = judge(path, how, source, int8, references.float_qdq[:n], references.fp32[:n], labels, references.spec,
+                   references.score_range, bar)
     log.info("INT8 parity: %s", result.summary())
     return result
 
@@ -325,9 +353,12 @@ def verify_export(int8_model: Path, fp32_model: Path, report: Any, options: Any)
         log.warning("INT8 parity not measured (no parity data): the model will say so on every CPU at run time")
         return
     bar = options.parity_bar or ParityBar()
-    results = [parity_check(int8_model, fp32_model, options.parity_data, options.parity_images, bar=bar)]
+    counts = [options.parity_images, *([options.emulated_images] if options.parity_emulate else [])]
+    references = ParityReferences.measure(int8_model, fp32_model, options.parity_data, max(counts))
+    results = [parity_check(int8_model, fp32_model, options.parity_data, options.parity_images, bar=bar,
+                            references=references)]
     results += [parity_check(int8_model, fp32_model, options.parity_data, options.emulated_images, emulate=path,
-                             bar=bar) for path in options.parity_emulate]
+                             bar=bar, references=references) for path in options.parity_emulate]
     report.parity = {"bar": asdict(bar), "paths": {r.path: r.metadata() for r in results}}
     failed = [r for r in results if not r.passed]
     if failed:
