@@ -770,8 +770,12 @@ def test_an_idle_best_effort_publisher_does_not_downgrade_a_reliable_camera(harn
     assert problems and "/node_tester" in problems
     before = node.stats()
     send(reliable, image_msg(random_image("rgb8", 20, 24), "rgb8", 1600), outputs)
-    after = node.stats()
-    assert after["received"] - before["received"] == after["processed"] - before["processed"]  # taken once each
+
+    def taken_once_each() -> bool:  # (a frame's counters are updated just after its outputs go out)
+        after = node.stats()
+        return after["received"] - before["received"] == after["processed"] - before["processed"]
+
+    assert wait_until(taken_once_each, timeout=5.0)
     harness.tester.destroy_publisher(idle)
     assert wait_until(lambda: node.camera().reliability_description() == "reliable", timeout=10.0)
 
