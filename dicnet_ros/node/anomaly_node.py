@@ -38,7 +38,7 @@ from std_srvs.srv import SetBool
 
 from dicnet_ros.inference.base import AnomalyModel
 from dicnet_ros.node.allocator import tune_allocator
-from dicnet_ros.node.camera import CameraPipeline, CameraSpec
+from dicnet_ros.node.camera import CameraPipeline, CameraSpec, ModelFacts
 from dicnet_ros.node.errors import NodeStartupError, ParameterError
 from dicnet_ros.node.model_loading import open_model
 from dicnet_ros.node.parameters import (
@@ -82,23 +82,15 @@ class AnomalyNode(Node):
                 self._p["num_threads"], batch)
             self._setup_model(specs)
             self._worker = InferenceWorker(self._model, [], self._p["max_batch"], f"{node_name}_inference")
+            facts = self._model_facts()
             # rclpy checks each camera's topic names here (camera.NAME.image_topic is free text)
-            self.cameras = [CameraPipeline(self, spec, self._p, self._worker.notify) for spec in specs]
+            self.cameras = [CameraPipeline(self, spec, self._p, self._worker.notify, facts) for spec in specs]
         except (ParameterError, NodeStartupError, NameValidationException) as exc:
             if self._owns_model and getattr(self, "_model", None) is not None:
                 self._model.close()
             self.destroy_node()
             raise NodeStartupError(" ".join(str(exc).split())) from None
         self._worker.cameras = self.cameras
-        meta = self._model.metadata
-        pre = meta.preprocess_config
-        export = meta.export or {}
-        size = export.get("input_size")
-        # a graph exported for one fixed input size gets that size; outputs are resized back (see CameraPipeline)
-        fixed = (int(size[0]), int(size[1])) if size and not export.get("dynamic", True) else None
-        for camera in self.cameras:
-            camera.configure_model(self._model, tuple(float(v) for v in meta.display_range),
-                                   class_palette(max(meta.num_classes, 1)), (int(pre.width), int(pre.height)), fixed)
         self._apply_thresholds()
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         if self.multi_camera:
@@ -244,6 +236,17 @@ class AnomalyNode(Node):
                 raise NodeStartupError(f"model {self._model.path} failed its warm-up run ({type(exc).__name__}: "
                                        f"{' '.join(str(exc).split())[:300]})") from None
             self.get_logger().info(f"warm-up took {(time.perf_counter() - start) * 1e3:.0f} ms")
+
+    def _model_facts(self) -> ModelFacts:
+        """What the cameras' outputs need to know about the model (the same for every camera)."""
+        meta = self._model.metadata
+        pre = meta.preprocess_config
+        export = meta.export or {}
+        size = export.get("input_size")
+        # a graph exported for one fixed input size gets that size; outputs are resized back (see CameraPipeline)
+        fixed = (int(size[0]), int(size[1])) if size and not export.get("dynamic", True) else None
+        return ModelFacts(self._model, (float(meta.display_range[0]), float(meta.display_range[1])),
+                          class_palette(max(meta.num_classes, 1)), (int(pre.width), int(pre.height)), fixed)
 
     def _apply_thresholds(self) -> None:
         """Each camera's mask threshold: its own when set, else the node's; the model keeps the node's."""

@@ -77,6 +77,17 @@ class CameraSpec:
         return self.name or "camera"
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What every camera's outputs need to know about the model, worked out once by the node."""
+
+    model: Any
+    score_range: tuple[float, float]  # the colour map's range (metadata display_range)
+    palette: np.ndarray  # colours of the class ids
+    network_size: tuple[int, int]  # (width, height) the network runs at
+    fixed_input: tuple[int, int] | None  # the only input size of a fixed-size export, else None
+
+
 @dataclass
 class Frame:
     """A decoded camera frame on its way through the model."""
@@ -92,10 +103,17 @@ class Frame:
 class CameraPipeline:
     """Everything of one camera inside the anomaly node (see the module docstring)."""
 
-    def __init__(self, node: Any, spec: CameraSpec, params: dict[str, Any], notify: Callable[[], None]) -> None:
+    def __init__(self, node: Any, spec: CameraSpec, params: dict[str, Any], notify: Callable[[], None],
+                 facts: ModelFacts) -> None:
         """``node``: the rclpy node hosting this camera; ``params``: the node's live parameter values (shared,
-        changed at run time); ``notify``: wakes the inference worker when a frame is waiting."""
+        changed at run time); ``notify``: wakes the inference worker when a frame is waiting; ``facts``: the
+        model's."""
         self.node = node
+        self.model = facts.model
+        self.score_range = facts.score_range
+        self.palette = facts.palette
+        self.network_size = facts.network_size
+        self.fixed_input = facts.fixed_input
         self.spec = spec
         self._p = params
         self._notify = notify
@@ -117,8 +135,8 @@ class CameraPipeline:
             self.decoder_name = "decode_compressed"
         else:
             self._decode, self.decoder_name = make_image_decoder()
-        self.threshold = math.nan  # the threshold in use; set by the node (apply_threshold)
-        self.domain = DomainMonitor(None, params["domain_alarm_frames"])
+        self.threshold = math.nan  # the threshold in use; set by the node (_apply_thresholds)
+        self.domain = DomainMonitor(facts.model.domain_threshold, params["domain_alarm_frames"])
         self.watch = InputWatch(params["no_frame_warn_s"])
         self._setup_outputs()
         steady = node.steady_clock
@@ -153,16 +171,6 @@ class CameraPipeline:
         self.pub_latency = node.create_publisher(Float32, self._topic("latency_ms"), out_qos)
         self.pub_domain = node.create_publisher(DiagnosticArray, self._topic("domain"), out_qos)
         self.enable_service = node.create_service(SetBool, self._topic("enable"), self._on_enable)
-
-    def configure_model(self, model: Any, score_range: tuple[float, float], palette: np.ndarray,
-                        network_size: tuple[int, int], fixed_input: tuple[int, int] | None) -> None:
-        """What the outputs need to know about the model (set once by the node after loading it)."""
-        self.model = model
-        self.score_range = score_range
-        self.palette = palette
-        self.network_size = network_size
-        self.fixed_input = fixed_input
-        self.domain = DomainMonitor(model.domain_threshold, self._p["domain_alarm_frames"])
 
     @property
     def topic(self) -> str:
